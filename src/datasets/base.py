@@ -1,0 +1,248 @@
+"""The data side of the trainer: a DataModule owns reading, splitting, batching and collating one dataset.
+
+The loop asks a DataModule for a DataLoader per split and never looks inside a batch beyond moving its tensors to
+the device. Batches are dicts: "x" (model input), "y" (targets) and whatever the head needs ("weight", "mask",
+ids as plain lists, ...).
+
+Batch order is a pure function of (seed, epoch), produced by a `BatchPlan`. That is what makes three things exact
+without special cases: resuming mid-epoch (skip the batches already done), DistributedDataParallel (every rank
+builds the same global batch and takes its own slice of it, so N ranks see what one process would), and per-sample
+augmentation seeds (see `sample_seed`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample RNG seed, independent of worker count, rank and resume point."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class BatchPlan:
+    """Decides which dataset indices form each batch of an epoch. Subclasses implement `batches`."""
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        raise NotImplementedError
+
+
+class RandomBatches(BatchPlan):
+    """A fresh permutation each epoch (seeded by seed and epoch), cut into batches."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, drop_last: bool = True):
+        self.n, self.batch_size, self.seed, self.drop_last = n, batch_size, seed, drop_last
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return _chunk(torch.randperm(self.n, generator=g).tolist(), self.batch_size, self.drop_last)
+
+
+class SequentialBatches(BatchPlan):
+    """Indices in order (validation, test, prediction), optionally shifted by `epoch * n` for endless datasets."""
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool = False, fresh_each_epoch: bool = False):
+        self.n, self.batch_size, self.drop_last, self.fresh = n, batch_size, drop_last, fresh_each_epoch
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        offset = epoch * self.n if self.fresh else 0
+        return _chunk(list(range(offset, offset + self.n)), self.batch_size, self.drop_last)
+
+
+def _chunk(indices: Sequence[int], size: int, drop_last: bool) -> list[list[int]]:
+    out = [list(indices[i : i + size]) for i in range(0, len(indices), size)]
+    if drop_last and out and len(out[-1]) < size:
+        out.pop()
+    return out
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Iterates one epoch of a BatchPlan: this rank's slice of each global batch, from `start`, at most `limit`."""
+
+    def __init__(self, plan: BatchPlan, rank: int = 0, world_size: int = 1, limit: int | None = None):
+        self.plan, self.rank, self.world_size, self.limit = plan, rank, world_size, limit
+        self.epoch, self.start = 0, 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start(self, batch_index: int) -> None:
+        """Skip the first `batch_index` batches of the current epoch (mid-epoch resume)."""
+        self.start = batch_index
+
+    def _global(self) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self.plan.batches(self.epoch))
+        batches = self._cache[1]
+        return batches[: self.limit] if self.limit is not None else batches
+
+    def __len__(self) -> int:
+        return max(len(self._global()) - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global()[self.start :]:
+            yield batch[self.rank :: self.world_size]
+
+
+def resolve_limit(limit: float | None, n_batches: int) -> int | None:
+    """Lightning's convention: an int is a batch count, a float in (0, 1] a fraction of the epoch."""
+    if limit is None:
+        return None
+    if isinstance(limit, float) and limit <= 1.0:
+        return max(1, math.floor(limit * n_batches))
+    return min(int(limit), n_batches)
+
+
+def default_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors and numbers; keep anything else as a list."""
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        first = values[0]
+        if torch.is_tensor(first):
+            out[key] = torch.stack(values)
+        elif isinstance(first, np.ndarray):
+            out[key] = torch.from_numpy(np.stack(values))
+        elif isinstance(first, (int, float, bool, np.integer, np.floating)):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+class DataModule:
+    """Base class: subclasses fill `self.splits` in `setup()` and may override the plan, collate and info."""
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.splits: dict[str, Dataset] = {}
+
+    # --- what subclasses provide -------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Read the data and build `self.splits` ("train", "val", "test", ...). Raise UserError on bad input."""
+        raise NotImplementedError
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Facts the model and head configs may need at build time, reachable as `${data_info.KEY}`."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What must travel with a checkpoint to read new inputs the same way (a vocabulary, class names)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def plan(self, split: str, train: bool) -> BatchPlan:
+        n = len(self.splits[split])
+        if train:
+            return RandomBatches(n, self.batch_size, seed=self.seed, drop_last=True)
+        return SequentialBatches(n, self.eval_batch_size)
+
+    def collate(self, samples: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
+        if isinstance(samples, dict):  # already a batch (a dataset with __getitems__)
+            return samples
+        return default_collate(samples)
+
+    # --- prediction on new inputs (mode=predict) ---------------------------------------------------------------
+    def predict_dataset(self, source: str) -> Dataset:
+        raise NotImplementedError(f"{type(self).__name__} does not read new inputs for mode=predict")
+
+    def write_predictions(self, dataset: Dataset, predictions: list[Any], out) -> None:
+        """Write decoded predictions, one line per input, to the open text stream `out`."""
+        for p in predictions:
+            out.write(f"{p}\n")
+
+    # --- what the loop calls -----------------------------------------------------------------------------------
+    def has_split(self, split: str) -> bool:
+        return split in self.splits
+
+    def loader(
+        self,
+        split: str,
+        *,
+        train: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        limit: float | None = None,
+        dataset: Dataset | None = None,
+    ) -> DataLoader:
+        dataset = dataset if dataset is not None else self.splits[split]
+        plan = self.plan(split, train) if split in self.splits else SequentialBatches(len(dataset), self.eval_batch_size)
+        sampler = EpochBatchSampler(plan, rank=rank, world_size=world_size)
+        sampler.limit = resolve_limit(limit, len(plan.batches(0)))
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            # Workers are rebuilt each epoch so that a dataset's set_epoch() reaches them.
+            persistent_workers=False,
+        )
+
+
+def per_sample_uniform(seed: int, epoch: int, indices: np.ndarray, draws: int) -> np.ndarray:
+    """Uniform [0, 1) numbers, `draws` per sample, from a hash of (seed, epoch, index): vectorised augmentation
+    decisions that do not depend on batch composition, rank or worker (splitmix64 finaliser)."""
+    mask = np.uint64(0xFFFFFFFFFFFFFFFF)
+    with np.errstate(over="ignore"):
+        base = (np.asarray(indices, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+                + np.uint64((seed * 1_000_003 + epoch) & 0xFFFFFFFFFFFF) * np.uint64(0xBF58476D1CE4E5B9)) & mask
+        z = base[:, None] + np.arange(1, draws + 1, dtype=np.uint64)[None, :] * np.uint64(0x94D049BB133111EB)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+class ArrayDataset(Dataset):
+    """Samples held as equal-length arrays in memory (or memory-mapped); fetched a whole batch at a time.
+
+    DataLoader calls `__getitems__` with a batch's indices, so a batch is one fancy-indexing operation per array
+    rather than a Python loop over samples.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], transform=None):
+        lengths = {len(a) for a in arrays.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"arrays differ in length: { {k: len(a) for k, a in arrays.items()} }")
+        self.arrays = arrays
+        self.transform = transform  # batch dict, indices, epoch -> batch dict
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")  # sorted reads are much faster on a memory map
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        batch = {k: torch.from_numpy(np.asarray(a[idx[order]])[inverse]) for k, a in self.arrays.items()}
+        if self.transform is not None:
+            batch = self.transform(batch, idx, self.epoch)
+        return batch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index]).items()}

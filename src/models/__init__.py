@@ -1,0 +1,1 @@
+"""Models (nn.Modules mapping a batch's "x" to outputs) and task heads (loss, metrics, decoding)."""

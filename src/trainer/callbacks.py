@@ -1,0 +1,75 @@
+"""Small stateful helpers the loop calls explicitly (there is no hidden callback dispatch)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .errors import NonFiniteLossError
+
+
+class MonitorTracker:
+    """Tracks the best value of the monitored metric; drives best-checkpointing and early stopping."""
+
+    def __init__(self, monitor: str, mode: str, patience: int | None = None, min_delta: float = 0.0):
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.best: float | None = None
+        self.bad_validations = 0
+
+    def update(self, metrics: dict[str, float]) -> bool:
+        """Record one validation; True when it is a new best."""
+        if self.monitor not in metrics:
+            from .errors import UserError
+
+            raise UserError(
+                f"monitored metric '{self.monitor}' is not among the logged metrics "
+                f"({', '.join(sorted(metrics))}); set trainer.monitor to one of them"
+            )
+        value = metrics[self.monitor]
+        if not math.isfinite(value):
+            improved = False
+        elif self.best is None:
+            improved = True
+        elif self.mode == "max":
+            improved = value > self.best + self.min_delta
+        else:
+            improved = value < self.best - self.min_delta
+        if improved:
+            self.best, self.bad_validations = value, 0
+        else:
+            self.bad_validations += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_validations >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_validations": self.bad_validations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_validations = state["best"], state["bad_validations"]
+
+
+class NonFiniteGuard:
+    """Notices a NaN/inf loss without a host sync per step: a flag on the device, read only at check points."""
+
+    def __init__(self, device: torch.device):
+        self.flag = torch.zeros((), dtype=torch.bool, device=device)
+        self.last_checked_step = 0
+
+    def observe(self, loss: torch.Tensor) -> None:
+        self.flag |= ~torch.isfinite(loss.detach())
+
+    def check(self, step: int, last_good: str) -> None:
+        """Raise if any loss since the previous check was not finite (call before writing a checkpoint)."""
+        from .distributed import all_reduce_sum
+
+        if bool(all_reduce_sum(self.flag.float()) > 0):  # a collective: every rank stops together
+            raise NonFiniteLossError(
+                f"the training loss became NaN/inf between steps {self.last_checked_step} and {step}; "
+                f"stopped, last good checkpoint: {last_good}. Lower optim.lr, set trainer.gradient_clip_val, "
+                f"or use trainer.precision=fp32"
+            )
+        self.last_checked_step = step

@@ -1,0 +1,258 @@
+"""`python -m trainer [task=NAME] [key=value ...]`: Hydra composes the config, `trainer.run` does the job.
+
+Before Hydra takes over, this module does what Hydra's own entry point would do less kindly:
+  - `--help` lists the tasks and config groups;
+  - every override (each job of a sweep) is composed once up front, so an unknown task, an unknown key or a bad
+    value fails with one line that names what is valid, not with Hydra's multi-line report;
+  - `resume=RUN_DIR` re-runs the original command line of RUN_DIR, into RUN_DIR;
+  - under torchrun, rank 0 picks the run directory's time stamp for every rank (one run directory, not one per
+    rank) and the other ranks neither log nor write.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+PASS_THROUGH_FLAGS = ("--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--hydra-help", "--version",
+                      "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                      "-cd", "--experimental-rerun")
+_failures: list[str] = []
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def check_packages() -> None:
+    """Our top-level `datasets` must not be shadowed by another distribution (Hugging Face's, typically)."""
+    import datasets
+
+    if not getattr(datasets, "IS_TRAINER_DATASETS", False):
+        where = getattr(datasets, "__file__", "?")
+        fail(f"'import datasets' resolves to {where}, not this project's datasets package; install the project "
+             f"into its own virtual environment: python3 -m venv .venv && .venv/bin/pip install -e .")
+
+
+def _run_stamp() -> str:
+    """The run directory's time stamp; under torchrun, rank 0's (set in the environment by `main`)."""
+    stamp = os.environ.get("TRAINER_RUN_STAMP")
+    if not stamp:
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        os.environ["TRAINER_RUN_STAMP"] = stamp  # one value per process, however often it is resolved
+    return stamp
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", _run_stamp)
+
+
+# ---- --help ---------------------------------------------------------------------------------------------------------
+def print_help() -> None:
+    conf = Path(CONF_DIR)
+    print("usage: python -m trainer [task=NAME] [KEY=VALUE ...]        one run\n"
+          "       python -m trainer -m [task=NAME] KEY=V1,V2 ...         a sweep (Hydra multirun)\n"
+          "       torchrun --nproc_per_node=N -m trainer [...]           DistributedDataParallel\n"
+          "       python -m trainer resume=RUN_DIR                       resume a killed run\n"
+          "       python -m trainer task=NAME mode=eval ckpt=PATH [split=test]\n"
+          "       python -m trainer task=NAME mode=predict ckpt=PATH input=PATH|- [output=PATH|-]\n")
+    print("tasks (task=NAME):")
+    for path in sorted((conf / "task").glob("*.yaml")):
+        print(f"  {path.stem:<20} {_describe(path)}")
+    print("\nconfig groups (GROUP=OPTION), default first:")
+    for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in ("task", "hydra")):
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        print(f"  {group.name:<10} {', '.join(options)}")
+    print("\nany value: KEY=VALUE (optim.lr=3e-4 trainer.max_epochs=5); show the composed config: --cfg job;\n"
+          "Hydra's own flags: --hydra-help")
+
+
+def _describe(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ")
+    return ""
+
+
+# ---- validation of overrides before Hydra runs ---------------------------------------------------------------------
+def _job_override_sets(overrides: list[str], multirun: bool, limit: int = 200) -> list[list[str]]:
+    """The overrides of each job a sweep would launch (the one job of a plain run)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    choices = []
+    for o in parsed:
+        if o.is_sweep_override():
+            choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    return [list(c) for c in itertools.islice(itertools.product(*choices), limit)]
+
+
+def validate(overrides: list[str], multirun: bool) -> None:
+    """Compose each job's config once; raise UserError with one line on the first that fails."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import trainer_config
+    from .errors import UserError, one_line
+
+    try:
+        job_sets = _job_override_sets(overrides, multirun)
+    except OverrideParseException as e:
+        raise UserError(f"cannot parse the overrides: {one_line(e)}") from None
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for job in job_sets:
+            try:
+                cfg = compose("config", overrides=job)
+            except MissingConfigException as e:
+                group = (e.missing_cfg_file or "").rpartition("/")[0] or "config"
+                name = (e.missing_cfg_file or "").rpartition("/")[2]
+                options = ", ".join(e.options or []) or "none"
+                raise UserError(f"unknown {group} '{name}'; available: {options}") from None
+            except (HydraException, OmegaConfBaseException) as e:
+                raise UserError(_explain_compose_error(e, job)) from None
+            trainer_config(cfg.trainer)
+            if cfg.mode not in ("train", "eval", "predict"):
+                raise UserError(f"bad value for 'mode': '{cfg.mode}' is not one of train, eval, predict")
+    GlobalHydra.instance().clear()
+
+
+def _explain_compose_error(e: Exception, job: list[str]) -> str:
+    from omegaconf.errors import ConfigKeyError
+
+    from .errors import one_line
+
+    cause = e.__cause__ or e
+    if isinstance(cause, ConfigKeyError) or "not in struct" in str(cause):
+        key = getattr(cause, "full_key", None) or ""
+        parent, _, leaf = key.rpartition(".")
+        valid = _keys_under(parent, [o for o in job if not o.split("=", 1)[0].lstrip("+~").startswith(key)])
+        where = f"'{parent}'" if parent else "the root config"
+        return (f"unknown config key '{key}'; keys in {where}: {valid}; "
+                f"to add a new key write +{key}=VALUE")
+    return one_line(str(e) + (f" ({cause})" if cause is not e else ""))
+
+
+def _keys_under(parent: str, job: list[str]) -> str:
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = compose("config", overrides=job)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        return ", ".join(str(k) for k in node.keys()) if hasattr(node, "keys") else "-"
+    except Exception:
+        return "?"
+
+
+# ---- the Hydra job ---------------------------------------------------------------------------------------------------
+def job(cfg) -> dict:
+    """Hydra's task function: run one job, turning every failure into one line (and a failed record in a sweep)."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from . import distributed as dist
+    from .errors import UserError
+    from .progress import console
+    from .run import run
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    if dist.is_main():
+        (run_dir / "command.txt").write_text(" ".join(["python -m trainer", *sys.argv[1:]]) + "\n")
+    try:
+        return run(cfg, run_dir)
+    except (Exception, KeyboardInterrupt) as e:
+        if isinstance(e, UserError):
+            message, code = str(e), 2
+        elif isinstance(e, KeyboardInterrupt):
+            message, code = f"interrupted; resume with: python -m trainer resume={run_dir}", 130
+        else:
+            message, code = f"{type(e).__name__}: {e} (traceback in {run_dir / 'run.log'})", 1
+            with open(run_dir / "run.log", "a") as f:
+                f.write("".join(traceback.format_exception(e)))
+        if dist.is_main():
+            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            with open(run_dir / "run.log", "a") as f:
+                f.write(f"error: {message}\n")
+            (run_dir / "results.json").write_text(
+                json.dumps({"task": cfg.get("task_name"), "status": "failed", "error": message}, indent=2) + "\n")
+        _failures.append(message)
+        if multirun and not isinstance(e, KeyboardInterrupt):
+            return {"status": "failed", "error": message}
+        sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print_help()
+        return
+    check_packages()
+    register_resolvers()
+    from . import distributed as dist
+    from .errors import UserError
+
+    flags = [a for a in argv if a.startswith("-")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    multirun = "-m" in flags or "--multirun" in flags
+
+    dist.init_from_env()
+    if dist.world_size() > 1:
+        os.environ["TRAINER_RUN_STAMP"] = dist.broadcast_object(_run_stamp())
+        if dist.rank() > 0:
+            overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+    try:
+        overrides = _resume_overrides(overrides)
+        if not any(f in flags for f in PASS_THROUGH_FLAGS):
+            validate(overrides, multirun)
+    except UserError as e:
+        fail(str(e))
+
+    import hydra
+
+    sys.argv = [sys.argv[0], *flags, *overrides]
+    hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(job)()
+    dist.shutdown()
+    if _failures and multirun:
+        fail(f"{len(_failures)} job(s) of the sweep failed (see the summary above)", code=1)
+
+
+def _resume_overrides(overrides: list[str]) -> list[str]:
+    """`resume=RUN_DIR`: the original run's overrides, then the new ones, writing into RUN_DIR again."""
+    from .errors import UserError
+
+    given = [o for o in overrides if o.startswith("resume=")]
+    if not given or given[-1] in ("resume=null", "resume="):
+        return overrides
+    run_dir = Path(given[-1].split("=", 1)[1])
+    if run_dir.is_file():  # a checkpoint path inside the run directory
+        run_dir = run_dir.parent.parent
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise UserError(f"resume={run_dir}: not a run directory (no .hydra/overrides.yaml); give the run's folder")
+    from omegaconf import OmegaConf
+
+    original = [o for o in OmegaConf.load(saved) if not str(o).startswith("resume=")]
+    rest = [o for o in overrides if not o.startswith("resume=")]
+    return [*original, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]

@@ -1,0 +1,113 @@
+"""Typed view of the `trainer:` config section, so that a typo or a bad value fails before any work starts."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import UserError, one_line
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainerConfig:
+    # Budgets: whichever is reached first ends the stage.
+    max_epochs: int = 10
+    max_steps: int = -1  # optimizer steps; -1 = no limit
+    max_time: Optional[str] = None  # seconds ("1800") or "HH:MM:SS"
+    # Validation cadence.
+    val_every_n_epochs: int = 1
+    val_every_n_steps: Optional[int] = None
+    # Debugging: one batch of each split / a cap on batches / train and validate on the same few batches.
+    fast_dev_run: bool = False
+    limit_train_batches: Optional[float] = None  # int = batches, float in (0, 1] = fraction
+    limit_val_batches: Optional[float] = None
+    overfit_batches: int = 0
+    # Optimisation.
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = None
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only)
+    device: str = "auto"  # auto = CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
+    deterministic: bool = False
+    compile: bool = False
+    # Monitoring, checkpoints, early stopping.
+    monitor: Optional[str] = None  # e.g. "val/acc"; None = the head's default
+    monitor_mode: Optional[str] = None  # "max" | "min"; None = the head's default
+    early_stopping_patience: Optional[int] = None  # validations without improvement before stopping
+    early_stopping_min_delta: float = 0.0
+    checkpoint_every_n_steps: Optional[int] = None  # also write last.pt mid-epoch (for exact resume of long epochs)
+    test_after_fit: bool = True  # evaluate the best weights on the test split, if the dataset has one
+    # Console and logs.
+    log_every_n_steps: int = 50
+    progress: bool = True
+    progress_refresh_s: float = 0.5
+
+
+def trainer_config(node: DictConfig, where: str = "trainer") -> TrainerConfig:
+    """Validate `node` against TrainerConfig and return it as a dataclass; one-line UserError on a bad key or value."""
+    schema = OmegaConf.structured(TrainerConfig)
+    try:
+        merged = OmegaConf.merge(schema, node)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        if "not in struct" in str(e) or "Key '" in str(e) and "not in" in str(e):
+            valid = ", ".join(f.name for f in fields(TrainerConfig))
+            raise UserError(f"unknown key '{where}.{key}'; valid keys are: {valid}") from None
+        raise UserError(f"bad value for '{where}.{key}': {one_line(e.msg if hasattr(e, 'msg') else e)}") from None
+    cfg: TrainerConfig = OmegaConf.to_object(merged)
+    _check(cfg, where)
+    return cfg
+
+
+def _check(cfg: TrainerConfig, where: str) -> None:
+    def bad(key: str, msg: str) -> UserError:
+        return UserError(f"bad value for '{where}.{key}': {msg}")
+
+    if cfg.precision not in PRECISIONS:
+        raise bad("precision", f"'{cfg.precision}' is not one of {', '.join(PRECISIONS)}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device):
+        raise bad("device", f"'{cfg.device}' is not one of auto, cpu, cuda, cuda:N, mps")
+    if cfg.max_epochs < 1 and cfg.max_steps < 1:
+        raise bad("max_epochs", "needs max_epochs >= 1 or max_steps >= 1")
+    if cfg.accumulate_grad_batches < 1:
+        raise bad("accumulate_grad_batches", "must be >= 1")
+    if cfg.val_every_n_epochs < 1:
+        raise bad("val_every_n_epochs", "must be >= 1")
+    for key in ("val_every_n_steps", "checkpoint_every_n_steps", "early_stopping_patience"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise bad(key, "must be >= 1 or null")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = getattr(cfg, key)
+        if value is not None and value <= 0:
+            raise bad(key, "must be > 0 (a batch count, or a fraction in (0, 1])")
+    if cfg.monitor_mode not in (None, "max", "min"):
+        raise bad("monitor_mode", f"'{cfg.monitor_mode}' is not max or min")
+    if cfg.max_time is not None:
+        parse_duration(cfg.max_time, f"{where}.max_time")
+    if cfg.log_every_n_steps < 1:
+        raise bad("log_every_n_steps", "must be >= 1")
+
+
+def parse_duration(value: str | int | float, key: str = "max_time") -> float:
+    """Seconds from "1800", "90.5", "00:30:00" or "1:00:00:00" (days:hours:minutes:seconds)."""
+    text = str(value).strip()
+    try:
+        if ":" not in text:
+            seconds = float(text)
+        else:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) > 4:
+                raise ValueError
+            seconds = 0.0
+            for part, unit in zip(reversed(parts), (1, 60, 3600, 86400)):
+                seconds += part * unit
+    except ValueError:
+        raise UserError(f"bad value for '{key}': '{text}' is not seconds or [DD:]HH:MM:SS") from None
+    if seconds <= 0:
+        raise UserError(f"bad value for '{key}': must be > 0")
+    return seconds

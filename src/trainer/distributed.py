@@ -1,0 +1,80 @@
+"""torchrun-aware helpers: rank, world size, process-group set-up and reductions.
+
+Under `torchrun --nproc_per_node=N -m trainer ...` every rank runs the whole program; only rank 0 writes files and
+prints. Outside torchrun every helper degrades to the single-process case.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else env_rank()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env() -> None:
+    """Start the process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
+    if env_world_size() <= 1 or is_distributed():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(env_local_rank())
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj):
+    """Rank 0's value of `obj` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of `t` over ranks (in place on a copy); identity on one process."""
+    if not is_distributed():
+        return t
+    t = t.clone()
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,18 @@
+"""Errors that a user can fix. The CLI prints them as one line, never as a traceback."""
+
+
+class UserError(Exception):
+    """Bad input: an unknown task, a wrong path, a corrupt file, a config typo.
+
+    The message must say what is wrong and what to do about it, in one line.
+    """
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def one_line(text: str) -> str:
+    """Collapse a multi-line message (Hydra's, OmegaConf's) into one readable line."""
+    parts = [p.strip() for p in str(text).splitlines() if p.strip()]
+    return "; ".join(parts)

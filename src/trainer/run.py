@@ -1,0 +1,286 @@
+"""What one job does, by `mode`: train (the stages in order, then test), eval (a checkpoint on a split), predict.
+
+A stage is the root config with the stage's overrides merged in (see `stage_configs`); a task without `stages`
+is one stage called "train". Each stage builds its DataModule, model and head with `hydra.utils.instantiate`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .config import trainer_config
+from .errors import UserError, one_line
+from .loggers import CSVLogger, plot_curves
+from .loop import Counters, Stage, TaskNet, apply_freeze, autocast_context, evaluate, fit, select_device, to_device
+from .progress import summary_table
+
+log = logging.getLogger("trainer")
+
+#: Keys of a stage entry that configure the stage itself rather than override a config section.
+STAGE_OPTIONS = ("init", "trainable", "frozen")
+
+
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """instantiate() with a one-line error that names the config section to fix."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        target = node.get("_target_", "?") if isinstance(node, DictConfig) else "?"
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else one_line(e)
+        raise UserError(f"cannot build {what} ({target}): {one_line(detail)}; check the '{what}.*' config") from None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+# ---- stages -------------------------------------------------------------------------------------------------------
+def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    """The run's stages, each as a full config: the root with the stage's overrides applied.
+
+    An override section that names a different `_target_` replaces the root's section (switching Adam for SGD must
+    not carry Adam's betas over); otherwise it is merged key by key.
+    """
+    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "stages"])
+    stages = cfg.get("stages")
+    if not stages:
+        return [("train", base)]
+    out = []
+    for name, node in stages.items():
+        if node is None:
+            continue
+        scfg = base.copy()
+        with open_dict(scfg):
+            for key, value in node.items():
+                if key in STAGE_OPTIONS:
+                    continue
+                if key not in scfg:
+                    raise UserError(f"stages.{name}.{key}: '{key}' is not a config section "
+                                    f"(valid: {', '.join(str(k) for k in scfg)}, {', '.join(STAGE_OPTIONS)})")
+                old = scfg[key]
+                replace = (not isinstance(value, DictConfig) or not isinstance(old, DictConfig)
+                           or ("_target_" in value and value.get("_target_") != old.get("_target_")))
+                scfg[key] = value if replace else OmegaConf.merge(old, value)
+            scfg.stage = {"name": name, **{k: node.get(k) for k in STAGE_OPTIONS}}
+        out.append((str(name), scfg))
+    if not out:
+        raise UserError("stages: every stage is disabled (null)")
+    return out
+
+
+def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir: Path, main: bool,
+                loggers: list, prev_best: Path | None) -> Stage:
+    tcfg = trainer_config(scfg.trainer)
+    data = build(scfg.dataset, "dataset")
+    data.setup()
+    with open_dict(scfg):
+        scfg.data_info = data.info
+    model = build(scfg.model, "model")
+    head = build(scfg.head, "head")
+    net = TaskNet(model, head)
+    opts = scfg.get("stage") or {}
+    init = opts.get("init")
+    if init:
+        _init_weights(net, init, prev_best, name)
+    bn_frozen = apply_freeze(net, opts.get("trainable"), opts.get("frozen"))
+    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in net.parameters())
+    log.info(f"[{name}] {type(model).__name__} + {type(head).__name__}: {n_train:,} of {n_all:,} parameters train")
+    best_path = run_dir / "checkpoints" / ("best.pt" if index == n_stages - 1 else f"best-{name}.pt")
+    return Stage(
+        name=name, index=index, cfg=scfg, tcfg=tcfg, data=data, net=net,
+        optimizer_factory=build(scfg.optim, "optim"),
+        scheduler_factory=build(scfg.sched, "sched") if scfg.get("sched") else None,
+        run_dir=run_dir if main else None, best_path=best_path, loggers=loggers, bn_frozen=bn_frozen,
+    )
+
+
+def _init_weights(net: TaskNet, init: DictConfig, prev_best: Path | None, stage: str) -> None:
+    """Seed a stage's weights from a checkpoint: `previous` (the previous stage's best) or a path."""
+    source = init.get("checkpoint", "previous")
+    if source == "previous":
+        if prev_best is None:
+            raise UserError(f"stages.{stage}.init.checkpoint=previous but '{stage}' is the first stage")
+        source = prev_best
+    state = ckpt.load(source)["net"]
+    state = ckpt.filter_state(state, init.get("include"), init.get("exclude"),
+                              OmegaConf.to_container(init.rename) if init.get("rename") else None)
+    loaded = ckpt.load_partial(net, state, f"stages.{stage}.init from {source}", strict=bool(init.get("strict")))
+    log.info(f"[{stage}] initialised {len(loaded)} tensors from {source}")
+
+
+# ---- modes --------------------------------------------------------------------------------------------------------
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run one job; returns the summary also written to <run_dir>/results.json."""
+    main = dist.is_main()
+    tcfg = trainer_config(cfg.trainer)
+    seed_everything(int(cfg.seed), tcfg.deterministic)
+    device = select_device(tcfg.device)
+    if cfg.mode == "train":
+        result = train(cfg, run_dir, main, device)
+    elif cfg.mode == "eval":
+        result = eval_checkpoint(cfg, run_dir, device)
+    elif cfg.mode == "predict":
+        result = predict(cfg, run_dir, device)
+    else:
+        raise UserError(f"mode='{cfg.mode}' is not one of train, eval, predict")
+    if main:
+        (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> dict[str, Any]:
+    stages = stage_configs(cfg)
+    last_path = run_dir / "checkpoints" / "last.pt"
+    resume = None
+    if cfg.get("resume"):
+        if not last_path.is_file():
+            raise UserError(f"nothing to resume in {run_dir}: {last_path} does not exist")
+        resume = ckpt.load(last_path)
+    counters = Counters(**resume["counters"]) if resume else Counters()
+
+    loggers = [build(node, f"logger.{key}", run_dir=run_dir) for key, node in (cfg.logger or {}).items()] if main else []
+    for logger in loggers:
+        if resume:
+            logger.resume(counters.global_step)
+
+    t0 = time.monotonic()
+    prev_best, stage, fit_result = None, None, None
+    for index, (name, scfg) in enumerate(stages):
+        best_path = run_dir / "checkpoints" / ("best.pt" if index == len(stages) - 1 else f"best-{name}.pt")
+        if index < counters.stage_index or (index == counters.stage_index and counters.stage_done):
+            prev_best = best_path  # finished before the interruption
+            continue
+        resuming = resume is not None and index == counters.stage_index
+        if not resuming:
+            counters = Counters(stage_index=index, global_step=counters.global_step)
+        stage = build_stage(scfg, name, index, len(stages), run_dir, main, loggers, prev_best)
+        if resuming:
+            stage.data.load_state_dict(resume["data"])
+        fit_result = fit(stage, device, resume if resuming else None, counters)
+        counters = fit_result.counters
+        prev_best = best_path
+
+    result: dict[str, Any] = {"task": cfg.get("task_name"), "status": "ok", "run_dir": str(run_dir)}
+    if fit_result is not None:
+        result.update(monitor=fit_result.monitor, best=fit_result.best, steps=counters.global_step,
+                      stop_reason=fit_result.stop_reason)
+    final_best = run_dir / "checkpoints" / "best.pt"
+    if stage is None:  # resumed a run whose every stage had finished: rebuild the last one for the test
+        name, scfg = stages[-1]
+        stage = build_stage(scfg, name, len(stages) - 1, len(stages), run_dir, main, loggers, prev_best)
+    tcfg = stage.tcfg
+    if tcfg.test_after_fit and stage.data.has_split("test") and (final_best.is_file() or tcfg.fast_dev_run):
+        if final_best.is_file() and not tcfg.fast_dev_run:
+            stage.net.load_state_dict(ckpt.load(final_best)["net"])
+        loader = stage.data.loader("test", rank=dist.rank(), world_size=dist.world_size(),
+                                   limit=1 if tcfg.fast_dev_run else None)
+        test = {f"test/{k}": v for k, v in evaluate(stage.net.to(device), loader, device, tcfg.precision).items()}
+        stage.net.head.on_validation_end("test", run_dir if main else None)
+        for logger in loggers:
+            logger.log(test, stage=stage.name, epoch=counters.epoch, step=counters.step,
+                       global_step=counters.global_step)
+        result["test"] = test
+    result["train_seconds"] = round(time.monotonic() - t0, 1)
+
+    for logger in loggers:
+        logger.close()
+    if main:
+        csv_logger = next((lg for lg in loggers if isinstance(lg, CSVLogger)), None)
+        if csv_logger is not None and csv_logger.rows:
+            plot_curves(csv_logger.rows, run_dir / "curves.png")
+        rows = {"run": str(run_dir)}
+        if fit_result is not None:
+            rows[f"best {fit_result.monitor}"] = fit_result.best
+        rows.update(result.get("test", {}))
+        rows["time (s)"] = result["train_seconds"]
+        summary_table(f"{cfg.get('task_name')}: done", rows)
+    return result
+
+
+def _checkpoint_net(cfg: DictConfig, device: torch.device):
+    """Model from the checkpoint's own config, dataset and head from the current one (paths, decode options)."""
+    if not cfg.get("ckpt"):
+        raise UserError(f"mode={cfg.mode} needs ckpt=PATH (a .pt file or a run directory)")
+    state = ckpt.load(cfg.ckpt)
+    saved = OmegaConf.create(state["config"])
+    data = build(cfg.dataset, "dataset")
+    data.load_state_dict(state.get("data") or {})
+    data.setup()
+    with open_dict(cfg):
+        cfg.data_info = data.info
+    net = TaskNet(build(saved.model, "model"), build(cfg.head, "head"))
+    try:
+        net.load_state_dict(state["net"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {cfg.ckpt} does not fit this task's head: {one_line(e)[:300]}") from None
+    return data, net.to(device)
+
+
+def eval_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    data, net = _checkpoint_net(cfg, device)
+    split = cfg.get("split") or "test"
+    if not data.has_split(split):
+        raise UserError(f"split='{split}' does not exist for this dataset; it has: {', '.join(data.splits)}")
+    loader = data.loader(split, rank=dist.rank(), world_size=dist.world_size())
+    precision = trainer_config(cfg.trainer).precision
+    metrics = {f"{split}/{k}": v for k, v in evaluate(net, loader, device, precision).items()}
+    net.head.on_validation_end(split, run_dir if dist.is_main() else None)
+    if dist.is_main():
+        summary_table(f"eval {cfg.ckpt} on {split}", metrics)
+    return {"task": cfg.get("task_name"), "status": "ok", "mode": "eval", "ckpt": str(cfg.ckpt), split: metrics}
+
+
+@torch.inference_mode()
+def predict(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    if dist.world_size() > 1:
+        raise UserError("mode=predict runs on one process; launch it without torchrun")
+    if not cfg.get("input"):
+        raise UserError("mode=predict needs input=PATH (a file or folder of new inputs, or - for standard input)")
+    data, net = _checkpoint_net(cfg, device)
+    dataset = data.predict_dataset(str(cfg.input))
+    loader = data.loader("predict", dataset=dataset)
+    net.eval()
+    precision = trainer_config(cfg.trainer).precision
+    predictions: list[Any] = []
+    for batch in loader:
+        batch = to_device(batch, device)
+        with autocast_context(device, precision):
+            outputs = net.model(batch["x"])
+        predictions.extend(net.head.decode(outputs, batch))
+    output = cfg.get("output") or str(run_dir / "predictions.txt")
+    if output == "-":
+        data.write_predictions(dataset, predictions, sys.stdout)
+        sys.stdout.flush()
+    else:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w", encoding="utf-8") as f:
+            data.write_predictions(dataset, predictions, f)
+        log.info(f"wrote {len(predictions)} predictions to {output}")
+    return {"task": cfg.get("task_name"), "status": "ok", "mode": "predict", "output": output,
+            "count": len(predictions)}
