@@ -196,6 +196,8 @@ class DataModule:
             pin_memory=self.pin_memory,
             # Workers are rebuilt each epoch so that a dataset's set_epoch() reaches them.
             persistent_workers=False,
+            # A private generator: starting an epoch's iterator must not consume the global torch RNG (resume).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
 

@@ -1,7 +1,8 @@
 """Image captchas of 4 letters, case-insensitive (problem 2 of PROBLEMS.md).
 
 Rendered offline by the `captcha` package (BSD; its bundled DroidSansMono font) from random strings of mixed-case
-letters; the label is the lower-cased string, 26 classes per position. Sample i of a split is rendered from the seed
+letters; the label is the lower-cased string, 26 classes per position. Rendering is at the package's 160x60;
+`width`/`height` resize to the model's input size. Sample i of a split is rendered from the seed
 (split seed, i), so the validation and test sets are identical on every machine and run. Rendering costs ~3 ms an
 image on one core, more than the training step of a small CNN, so a split is rendered once, in parallel processes,
 into a cache file that later runs memory-map (see bench/captcha_data.py for the measurement).
@@ -56,8 +57,9 @@ class _SeededSecrets:
 _generators: dict[tuple[int, int], Any] = {}
 
 
-def render(seed: int, length: int = 4, width: int = 160, height: int = 60) -> tuple[np.ndarray, str]:
-    """One captcha: (grey uint8 image of shape (height, width), lower-case label)."""
+def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
+           size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
+    """One captcha rendered at width x height, optionally resized to size=(w, h): (grey uint8 (h, w), label)."""
     import captcha.image as cimg
 
     rng = random.Random(seed)
@@ -71,19 +73,22 @@ def render(seed: int, length: int = 4, width: int = 160, height: int = 60) -> tu
         image = gen.generate_image(text)
     finally:
         cimg.secrets = real
-    return np.asarray(image.convert("L")), text.lower()
+    image = image.convert("L")
+    if size is not None and size != (width, height):
+        image = image.resize(size, Image.BILINEAR, reducing_gap=None)
+    return np.asarray(image), text.lower()
 
 
 def encode(label: str) -> np.ndarray:
     return np.array([ALPHABET.index(c) for c in label], dtype=np.int64)
 
 
-def _render_chunk(args: tuple[int, int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    split_seed, start, stop, length, width, height = args
+def _render_chunk(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    split_seed, start, stop, length, width, height, render_size = args
     images = np.empty((stop - start, height, width), dtype=np.uint8)
     labels = np.empty((stop - start, length), dtype=np.int64)
     for j, i in enumerate(range(start, stop)):
-        image, text = render(_seed(split_seed, i), length, width, height)
+        image, text = render(_seed(split_seed, i), length, *render_size, size=(width, height))
         images[j], labels[j] = image, encode(text)
     return images, labels
 
@@ -92,9 +97,10 @@ def _seed(split_seed: int, index: int) -> int:
     return split_seed * 10_000_019 + index
 
 
-def render_split(split_seed: int, n: int, length: int, width: int, height: int, workers: int) -> dict[str, np.ndarray]:
+def render_split(split_seed: int, n: int, length: int, width: int, height: int, render_size: tuple[int, int],
+                 workers: int) -> dict[str, np.ndarray]:
     chunk = 500
-    jobs = [(split_seed, s, min(s + chunk, n), length, width, height) for s in range(0, n, chunk)]
+    jobs = [(split_seed, s, min(s + chunk, n), length, width, height, render_size) for s in range(0, n, chunk)]
     t0 = time.monotonic()
     if workers > 1 and len(jobs) > 1:
         with mp.get_context("fork").Pool(workers) as pool:
@@ -108,9 +114,9 @@ def render_split(split_seed: int, n: int, length: int, width: int, height: int, 
 
 
 def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: int, height: int,
-                 workers: int) -> dict[str, np.ndarray]:
+                 render_size: tuple[int, int], workers: int) -> dict[str, np.ndarray]:
     """Render once and memory-map afterwards. The file name carries every parameter that changes the pixels."""
-    key = f"v{RENDER_VERSION}-seed{split_seed}-n{n}-len{length}-{width}x{height}"
+    key = f"v{RENDER_VERSION}-seed{split_seed}-n{n}-len{length}-{width}x{height}-from{render_size[0]}x{render_size[1]}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     base = Path(cache_dir) / "captcha" / f"{key}-{digest}"
     files = {name: base.with_name(base.name + f".{name}.npy") for name in ("x", "y")}
@@ -123,7 +129,7 @@ def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: i
             pass
         log.warning(f"captcha cache {base} is unreadable; rendering it again")
     log.info(f"rendering {n:,} captchas (seed {split_seed}) into {base.parent}; later runs reuse them")
-    arrays = render_split(split_seed, n, length, width, height, workers)
+    arrays = render_split(split_seed, n, length, width, height, render_size, workers)
     base.parent.mkdir(parents=True, exist_ok=True)
     for name, f in files.items():
         tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
@@ -141,16 +147,17 @@ def _to_float(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -
 class _OnTheFly(torch.utils.data.Dataset):
     """Renders in DataLoader workers instead of caching; with fresh_each_epoch, every epoch sees new captchas."""
 
-    def __init__(self, split_seed: int, n: int, length: int, width: int, height: int, fresh_each_epoch: bool):
+    def __init__(self, split_seed: int, n: int, length: int, width: int, height: int, render_size: tuple[int, int],
+                 fresh_each_epoch: bool):
         self.split_seed, self.n, self.length, self.width, self.height = split_seed, n, length, width, height
-        self.fresh = fresh_each_epoch
+        self.render_size, self.fresh = render_size, fresh_each_epoch
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, text = render(_seed(self.split_seed, index), self.length, self.width, self.height)
-        return {"x": torch.from_numpy(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text))}
+        image, text = render(_seed(self.split_seed, index), self.length, *self.render_size, size=(self.width, self.height))
+        return {"x": torch.tensor(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text))}
 
 
 class CaptchaData(DataModule):
@@ -161,6 +168,8 @@ class CaptchaData(DataModule):
         length: int = 4,
         width: int = 160,
         height: int = 60,
+        render_width: int = 160,
+        render_height: int = 60,
         train_size: int = 100_000,
         val_size: int = 2_000,
         test_size: int = 10_000,
@@ -172,6 +181,7 @@ class CaptchaData(DataModule):
     ):
         super().__init__(**loader)
         self.length, self.width, self.height = length, width, height
+        self.render_size = (render_width, render_height)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.cache, self.cache_dir, self.fresh = cache, Path(cache_dir), fresh_each_epoch
         self.render_workers = render_workers or max(os.cpu_count() or 1, 1)
@@ -188,10 +198,10 @@ class CaptchaData(DataModule):
             seed = SPLIT_SEEDS[split]
             if self.cache and not (split == "train" and self.fresh):
                 arrays = cached_split(self.cache_dir, seed, n, self.length, self.width, self.height,
-                                      self.render_workers)
+                                      self.render_size, self.render_workers)
                 self.splits[split] = ArrayDataset(arrays, transform=_to_float)
             else:
-                self.splits[split] = _OnTheFly(seed, n, self.length, self.width, self.height,
+                self.splits[split] = _OnTheFly(seed, n, self.length, self.width, self.height, self.render_size,
                                                fresh_each_epoch=split == "train" and self.fresh)
 
     def plan(self, split: str, train: bool):

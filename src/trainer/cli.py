@@ -142,7 +142,7 @@ def _explain_compose_error(e: Exception, job: list[str]) -> str:
     if isinstance(cause, ConfigKeyError) or "not in struct" in str(cause):
         key = getattr(cause, "full_key", None) or ""
         parent, _, leaf = key.rpartition(".")
-        valid = _keys_under(parent, [o for o in job if not o.split("=", 1)[0].lstrip("+~").startswith(key)])
+        valid = _keys_under(parent, [o for o in job if not o.split("=", 1)[0].lstrip("+~").startswith(f"{parent}.")])
         where = f"'{parent}'" if parent else "the root config"
         return (f"unknown config key '{key}'; keys in {where}: {valid}; "
                 f"to add a new key write +{key}=VALUE")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -70,7 +70,8 @@ class Stage:
 
     name: str
     index: int
-    cfg: DictConfig  # the stage's resolved config (for the checkpoint)
+    cfg: DictConfig  # the stage's config
+    config_yaml: str  # ... resolved, as saved with every checkpoint
     tcfg: TrainerConfig
     data: Any  # datasets.base.DataModule
     net: TaskNet
@@ -191,8 +192,11 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
 
     # ---- optimisation --------------------------------------------------------------------------------------------
     net.to(device)
-    optimizer = stage.optimizer_factory(param_groups(net, stage.optimizer_factory.keywords.get("weight_decay")))
-    scheduler = stage.scheduler_factory(optimizer, total_steps=total_steps) if stage.scheduler_factory else None
+    try:
+        optimizer = stage.optimizer_factory(param_groups(net, stage.optimizer_factory.keywords.get("weight_decay")))
+        scheduler = stage.scheduler_factory(optimizer, total_steps=total_steps) if stage.scheduler_factory else None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"cannot build the optimizer or schedule: {e}; check the optim.* and sched.* config") from None
     use_scaler = tcfg.precision == "fp16"
     if use_scaler and device.type != "cuda":
         raise UserError("trainer.precision=fp16 needs CUDA (it uses a GradScaler); use bf16 or fp32 on CPU")
@@ -227,7 +231,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
                 "net": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None, "scaler": scaler.state_dict(),
                 "tracker": tracker.state_dict(), "rng": ckpt.rng_state(), "counters": asdict(counters),
-                "data": data.state_dict(), "config": OmegaConf.to_yaml(stage.cfg),
+                "data": data.state_dict(), "config": stage.config_yaml,
             }, last_path)
         for logger in stage.loggers:
             logger.flush()
@@ -238,7 +242,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
 
     def save_weights(path: Path, epoch: int) -> None:
         if main and not tcfg.fast_dev_run:
-            ckpt.save_atomic({"net": net.state_dict(), "data": data.state_dict(), "config": OmegaConf.to_yaml(stage.cfg),
+            ckpt.save_atomic({"net": net.state_dict(), "data": data.state_dict(), "config": stage.config_yaml,
                               "monitor": monitor, "best": tracker.best, "epoch": epoch, "step": counters.step}, path)
 
     last_val_step = -1

@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 console = Console(stderr=True)
+if not console.is_terminal:  # logs and CI: long lines rather than wrapped at 80 columns
+    console = Console(stderr=True, width=200)
 
 
 class ProgressBar:

@@ -1,0 +1,149 @@
+"""Overhead of the generic loop against a minimal hand-written PyTorch loop, in one process.
+
+Both loops train the same model (seeded identically) on the same batches in the same order. Our loop runs with its
+progress bar (rendered to /dev/null as if on a terminal), CSV logging every 10 steps, per-epoch validation and
+checkpoints; the hand-written loop is forward / backward / step and nothing else. Each optimizer step is timed by an
+optimizer step-post-hook in both, and the runs alternate (ours, theirs, ours, ...) so machine noise hits both alike.
+
+Prints the median step time of each, their ratio (target <= 1.03), and checks that the final training losses agree.
+
+    python bench/overhead.py [--rounds 3] [--epochs 2] [--batch-size 64]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from trainer.cli import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+@contextlib.contextmanager
+def timed_steps():
+    """Time stamps after every optimizer step of any optimizer (a global step-post-hook), for both loops alike."""
+    stamps: list[float] = []
+    handle = register_optimizer_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
+    try:
+        yield stamps
+    finally:
+        handle.remove()
+
+
+def run_ours(cfg, workdir: Path) -> tuple[list[float], float]:
+    from rich.console import Console
+
+    import trainer.progress as progress
+    from trainer.loggers import CSVLogger
+    from trainer.loop import Counters, fit
+    from trainer.run import build_stage, seed_everything, stage_configs
+
+    progress.console = Console(file=open(os.devnull, "w"), force_terminal=True)  # draw the bar, off-screen
+    run_dir = Path(tempfile.mkdtemp(dir=workdir))
+    seed_everything(int(cfg.seed), False)
+    (name, scfg), = stage_configs(cfg)
+    stage = build_stage(scfg, name, 0, 1, run_dir, True, [CSVLogger(run_dir)], None)
+    with timed_steps() as stamps:
+        fit(stage, torch.device("cpu"), None, Counters())
+    return stamps, final_loss(stage.net.model, stage.data)
+
+
+def run_plain(cfg) -> tuple[list[float], float]:
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from trainer.run import seed_everything
+
+    seed_everything(int(cfg.seed), False)
+    data = instantiate(cfg.dataset)
+    data.setup()
+    with open_dict(cfg):
+        cfg.data_info = data.info
+    model = instantiate(cfg.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg.optim.lr))
+    loader = data.loader("train", train=True)
+    model.train()
+    with timed_steps() as stamps:
+        for epoch in range(int(cfg.trainer.max_epochs)):
+            loader.batch_sampler.set_epoch(epoch)
+            for batch in loader:
+                out = model(batch["x"])
+                loss = F.cross_entropy(out.flatten(0, 1), batch["y"].flatten())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    return stamps, final_loss(model, data)
+
+
+@torch.no_grad()
+def final_loss(model: torch.nn.Module, data) -> float:
+    model.eval()
+    loader = data.loader("train", train=True)
+    loader.batch_sampler.set_epoch(0)
+    batch = next(iter(loader))
+    out = model(batch["x"])
+    return float(F.cross_entropy(out.flatten(0, 1), batch["y"].flatten()))
+
+
+def step_times(stamps: list[float]) -> list[float]:
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--train-size", type=int, default=3200)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    cfg = compose([
+        "task=captcha", "task_name=captcha", "model=captcha_cnn", "optim=adam", "optim.lr=1e-3", "sched=none",
+        f"paths.cache_dir={ROOT / 'data' / 'cache'}", "dataset.width=96", "dataset.height=36",
+        f"dataset.train_size={args.train_size}", "dataset.val_size=256", "dataset.test_size=0",
+        f"dataset.batch_size={args.batch_size}", f"trainer.max_epochs={args.epochs}", "trainer.log_every_n_steps=10",
+        "trainer.progress=true", "trainer.progress_refresh_s=0.5", "trainer.test_after_fit=false",
+    ])
+    run_plain(cfg)  # warm-up: renders the cache, loads kernels
+
+    ours, plain, losses = [], [], []
+    for r in range(args.rounds):
+        s_ours, l_ours = run_ours(cfg, workdir)
+        s_plain, l_plain = run_plain(cfg)
+        ours += step_times(s_ours)
+        plain += step_times(s_plain)
+        losses.append((l_ours, l_plain))
+        print(f"round {r + 1}: ours {statistics.median(step_times(s_ours)) * 1e3:.2f} ms/step, "
+              f"plain {statistics.median(step_times(s_plain)) * 1e3:.2f} ms/step, "
+              f"final loss ours {l_ours:.6f} plain {l_plain:.6f}", flush=True)
+
+    m_ours, m_plain = statistics.median(ours), statistics.median(plain)
+    ratio = m_ours / m_plain
+    print(f"\nmedian step time over {len(ours)} steps each: ours {m_ours * 1e3:.2f} ms, plain {m_plain * 1e3:.2f} ms")
+    print(f"ratio ours/plain = {ratio:.3f}  (target <= 1.03)")
+    agree = all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in losses)
+    print(f"final losses agree: {agree}  {losses}")
+    return 0 if agree else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

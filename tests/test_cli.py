@@ -1,0 +1,169 @@
+"""End-to-end: the CLI on a tiny captcha budget; run-directory contents; eval and predict; multirun; bad input."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_CAPTCHA, TINY_MODEL, TINY_TRAINER, cli, latest_run
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    """One tiny captcha training run, shared by the tests that inspect its outputs."""
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA)
+    return latest_run(workdir), proc
+
+
+def test_run_directory_holds_config_command_metrics_checkpoints_log(trained):
+    run, proc = trained
+    for name in ("config.yaml", "command.txt", "metrics.csv", "run.log", "results.json", "curves.png",
+                 "checkpoints/best.pt", "checkpoints/last.pt", ".hydra/overrides.yaml"):
+        assert (run / name).is_file(), name
+    assert run.parent.name == "captcha"  # outputs/<task>/<date>_<time>
+    assert "${" not in (run / "config.yaml").read_text()  # resolved
+    assert "task=captcha" in (run / "command.txt").read_text()
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "ok" and results["monitor"] == "val/acc" and "test/acc" in results["test"]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert any(r.get("val/acc") for r in rows) and any(r.get("lr") for r in rows)
+    assert "test/acc" in rows[-1] and rows[-1]["test/acc"] != ""
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["monitor"] == "val/acc" and "net" in best
+
+
+def test_eval_mode_scores_a_checkpoint_on_a_split(trained, workdir):
+    run, _ = trained
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt={run}/checkpoints/best.pt", "split=val")
+    out = json.loads((latest_run(workdir) / "results.json").read_text())
+    assert out["mode"] == "eval" and 0.0 <= out["val"]["val/acc"] <= 1.0
+    best = json.loads((run / "results.json").read_text())["best"]
+    assert out["val"]["val/acc"] == pytest.approx(best)  # the best checkpoint reproduces its validation score
+
+
+def test_predict_mode_writes_one_label_per_image(trained, workdir, tmp_path):
+    from datasets.captcha import render
+    from PIL import Image
+
+    run, _ = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in range(3):
+        image, _ = render(seed=100 + i)
+        Image.fromarray(image).save(folder / f"img{i}.png")
+    out_file = tmp_path / "preds.tsv"
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=predict", f"ckpt={run}", f"input={folder}",
+        f"output={out_file}")
+    lines = out_file.read_text().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        path, label = line.split("\t")
+        assert path.endswith(".png") and len(label) == 4 and label.isalpha() and label.islower()
+
+
+def test_predict_to_stdout_keeps_logs_on_stderr(trained, workdir, tmp_path):
+    from datasets.captcha import render
+    from PIL import Image
+
+    run, _ = trained
+    image, _ = render(seed=7)
+    Image.fromarray(image).save(tmp_path / "one.png")
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=predict", f"ckpt={run}", f"input={tmp_path / 'one.png'}",
+               "output=-")
+    assert proc.stdout.count("\n") == 1 and proc.stdout.split("\t")[1].strip().isalpha()
+
+
+def test_multirun_records_a_failing_job_and_carries_on(workdir):
+    proc = cli(workdir, "-m", "task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=1", "optim.lr=1e-3,-1",
+               check=False)
+    assert proc.returncode == 1
+    sweeps = sorted((workdir / "outputs" / "multirun").iterdir())
+    summary = list(csv.DictReader(open(sweeps[-1] / "summary.csv")))
+    assert [r["status"] for r in summary] == ["ok", "failed"]
+    assert summary[0]["overrides"].endswith("optim.lr=0.001") and summary[0]["val/acc"] != ""
+    assert "learning rate" in summary[1]["error"].lower()
+    assert "1 job(s) of the sweep failed" in proc.stderr
+
+
+def test_multirun_of_two_good_jobs(workdir):
+    proc = cli(workdir, "-m", "task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=1", "seed=1,2")
+    sweeps = sorted((workdir / "outputs" / "multirun").iterdir())
+    summary = list(csv.DictReader(open(sweeps[-1] / "summary.csv")))
+    assert [r["status"] for r in summary] == ["ok", "ok"] and len({r["dir"] for r in summary}) == 2
+    assert "sweep:" in proc.stderr
+
+
+def test_debug_fast_dev_run_writes_no_checkpoint(workdir):
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "debug=fast_dev_run")
+    run = latest_run(workdir)
+    assert json.loads((run / "results.json").read_text())["status"] == "ok"
+    assert not (run / "checkpoints").exists()
+
+
+def test_tensorboard_logger(workdir):
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=1", "logger=tensorboard")
+    assert list((latest_run(workdir) / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_help_lists_the_tasks():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "trainer", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "captcha" in out.stdout and "tasks (task=NAME)" in out.stdout
+
+
+# ---- bad input: one clear line, exit code 2 ----------------------------------------------------------------------
+@pytest.mark.parametrize("args, words", [
+    (["task=nosuchtask"], "unknown task 'nosuchtask'; available: captcha"),
+    (["optim.lrr=1"], "unknown config key 'optim.lrr'; keys in 'optim': _target_, _partial_, lr"),
+    (["trainer.max_epochs=lots"], "bad value for 'trainer.max_epochs'"),
+    (["trainer.precision=fp64"], "'fp64' is not one of fp32, bf16, fp16"),
+    (["mode=fit"], "'fit' is not one of train, eval, predict"),
+    (["model=nosuchmodel"], "unknown model 'nosuchmodel'"),
+    (["-m", "trainer.max_epochs=1,2", "trainer.nope=3"], "unknown config key 'trainer.nope'"),
+    (["resume=/nonexistent/run"], "not a run directory"),
+    (["mode=eval"], "mode=eval needs ckpt=PATH"),
+    (["mode=eval", "ckpt=/nonexistent.pt"], "checkpoint not found: /nonexistent.pt"),
+    (["+model.nonsense=1"], "cannot build model"),
+])
+def test_bad_input_fails_with_one_line(workdir, args, words):
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_data_folder_is_one_line(workdir):
+    proc = cli(workdir, "task=captcha", *TINY_MODEL, *TINY_TRAINER, "dataset=captcha_folder",
+               "dataset.root=/nonexistent/captchas", check=False)
+    assert proc.returncode == 2 and "error: captcha folder not found: /nonexistent/captchas" in proc.stderr
+
+
+def test_unknown_key_lists_the_valid_keys_even_with_other_overrides(workdir):
+    proc = cli(workdir, "task=captcha", "dataset=captcha_folder", "dataset.rooot=x", check=False)
+    assert proc.returncode == 2 and "keys in 'dataset': _target_, root" in proc.stderr
+
+
+def test_corrupt_checkpoint_in_eval_is_one_line(workdir, tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"\x00garbage")
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt={bad}", check=False)
+    assert proc.returncode == 2 and "cannot read checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(workdir):
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "optim=sgd", "optim.lr=1e30", "optim.momentum=0",
+               "optim.nesterov=false",
+               "trainer.checkpoint_every_n_steps=1", "trainer.log_every_n_steps=1", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "NaN/inf" in proc.stderr and "last good checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    run = latest_run(workdir)
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in last["net"].values() if v.is_floating_point())
+    assert json.loads((run / "results.json").read_text())["status"] == "failed"

@@ -1,0 +1,209 @@
+"""Unit tests of the loop's pieces: config validation, batch plans, checkpoints, trackers, schedules."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from datasets.base import (ArrayDataset, EpochBatchSampler, RandomBatches, SequentialBatches, per_sample_uniform,
+                           resolve_limit)
+from trainer import checkpoint as ckpt
+from trainer.callbacks import MonitorTracker, NonFiniteGuard
+from trainer.config import parse_duration, trainer_config
+from trainer.errors import NonFiniteLossError, UserError
+from trainer.loop import apply_freeze, param_groups
+from trainer.run import stage_configs
+from trainer.schedules import one_cycle, step_decay, warmup_cosine
+
+
+# ---- config ------------------------------------------------------------------------------------------------------
+def test_trainer_config_accepts_defaults_and_overrides():
+    cfg = trainer_config(OmegaConf.create({"max_epochs": 3, "precision": "bf16", "max_time": "00:01:30"}))
+    assert cfg.max_epochs == 3 and cfg.precision == "bf16" and cfg.device == "auto"
+
+
+@pytest.mark.parametrize("node, words", [
+    ({"max_epoch": 3}, "unknown key 'trainer.max_epoch'"),
+    ({"max_epochs": "ten"}, "bad value for 'trainer.max_epochs'"),
+    ({"precision": "fp64"}, "'fp64' is not one of fp32, bf16, fp16"),
+    ({"device": "gpu"}, "trainer.device"),
+    ({"accumulate_grad_batches": 0}, "accumulate_grad_batches"),
+    ({"max_time": "soon"}, "is not seconds or [DD:]HH:MM:SS"),
+    ({"limit_train_batches": -1}, "limit_train_batches"),
+])
+def test_trainer_config_rejects_bad_input_in_one_line(node, words):
+    with pytest.raises(UserError) as e:
+        trainer_config(OmegaConf.create(node))
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_parse_duration():
+    assert parse_duration("90") == 90
+    assert parse_duration("00:30:00") == 1800
+    assert parse_duration("1:00:00:01") == 86401
+
+
+# ---- batch plans -------------------------------------------------------------------------------------------------
+def test_random_batches_depend_only_on_seed_and_epoch():
+    plan = RandomBatches(10, 3, seed=1, drop_last=True)
+    assert plan.batches(0) == RandomBatches(10, 3, seed=1, drop_last=True).batches(0)
+    assert plan.batches(0) != plan.batches(1)
+    assert all(len(b) == 3 for b in plan.batches(0)) and len(plan.batches(0)) == 3
+    assert sorted(i for b in RandomBatches(10, 3, drop_last=False).batches(4) for i in b) == list(range(10))
+
+
+def test_epoch_sampler_slices_global_batches_across_ranks_and_resumes():
+    plan = SequentialBatches(8, 4)
+    ranks = [list(EpochBatchSampler(plan, rank=r, world_size=2)) for r in range(2)]
+    assert ranks[0] == [[0, 2], [4, 6]] and ranks[1] == [[1, 3], [5, 7]]
+    sampler = EpochBatchSampler(plan)
+    sampler.set_start(1)
+    assert list(sampler) == [[4, 5, 6, 7]] and len(sampler) == 1
+    limited = EpochBatchSampler(SequentialBatches(100, 10), limit=3)
+    assert len(limited) == 3
+
+
+def test_fresh_sequential_batches_move_on_each_epoch():
+    plan = SequentialBatches(4, 2, fresh_each_epoch=True)
+    assert plan.batches(0) == [[0, 1], [2, 3]] and plan.batches(2) == [[8, 9], [10, 11]]
+
+
+def test_resolve_limit_follows_lightning():
+    assert resolve_limit(None, 10) is None
+    assert resolve_limit(0.25, 10) == 2
+    assert resolve_limit(1.0, 10) == 10
+    assert resolve_limit(3, 10) == 3 and resolve_limit(30, 10) == 10
+
+
+def test_per_sample_uniform_is_a_function_of_seed_epoch_index():
+    a = per_sample_uniform(0, 1, np.array([5, 6, 7]), 2)
+    b = per_sample_uniform(0, 1, np.array([7, 5]), 2)
+    assert np.array_equal(a[[2, 0]], b)
+    assert not np.array_equal(a, per_sample_uniform(0, 2, np.array([5, 6, 7]), 2))
+    big = per_sample_uniform(3, 0, np.arange(20000), 1)
+    assert 0 <= big.min() and big.max() < 1 and abs(big.mean() - 0.5) < 0.01
+
+
+def test_array_dataset_fetches_batches_in_the_requested_order():
+    ds = ArrayDataset({"x": np.arange(10) * 10, "y": np.arange(10)})
+    batch = ds.__getitems__([7, 2, 9])
+    assert batch["x"].tolist() == [70, 20, 90] and batch["y"].tolist() == [7, 2, 9]
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------------
+def test_atomic_save_and_weights_only_load(tmp_path):
+    state = {"w": torch.arange(3.0), "rng": ckpt.rng_state(), "n": 3, "s": "x"}
+    ckpt.save_atomic(state, tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+    back = ckpt.load(tmp_path / "c.pt")
+    assert torch.equal(back["w"], state["w"]) and back["n"] == 3
+
+
+def test_rng_state_round_trip_restores_every_generator():
+    import random
+
+    saved = ckpt.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(saved)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        ckpt.load(bad)
+    with pytest.raises(UserError, match="checkpoint not found"):
+        ckpt.load(tmp_path / "missing.pt")
+
+
+def test_filter_state_and_partial_load_seed_an_encoder():
+    lm = nn.ModuleDict({"encoder": nn.Linear(2, 2), "decoder": nn.Linear(2, 5)})
+    clf = nn.ModuleDict({"encoder": nn.Linear(2, 2), "out": nn.Linear(2, 1)})
+    state = ckpt.filter_state(lm.state_dict(), include=[r"^encoder\."])
+    assert set(state) == {"encoder.weight", "encoder.bias"}
+    loaded = ckpt.load_partial(clf, state, "test")
+    assert sorted(loaded) == ["encoder.bias", "encoder.weight"]
+    assert torch.equal(clf["encoder"].weight, lm["encoder"].weight)
+    renamed = ckpt.filter_state({"lm.w": torch.ones(1)}, rename={r"^lm\.": "encoder."})
+    assert list(renamed) == ["encoder.w"]
+    with pytest.raises(UserError, match="shape"):
+        ckpt.load_partial(clf, {"out.weight": torch.ones(3, 3)}, "test")
+
+
+# ---- trackers ----------------------------------------------------------------------------------------------------
+def test_monitor_tracker_best_and_patience():
+    t = MonitorTracker("val/acc", "max", patience=2)
+    assert t.update({"val/acc": 0.5}) and not t.update({"val/acc": 0.4})
+    assert not t.should_stop and not t.update({"val/acc": 0.5})
+    assert t.should_stop and t.best == 0.5
+    with pytest.raises(UserError, match="not among the logged metrics"):
+        t.update({"val/loss": 1.0})
+
+
+def test_non_finite_guard_raises_only_after_a_bad_loss():
+    g = NonFiniteGuard(torch.device("cpu"))
+    g.observe(torch.tensor(1.0))
+    g.check(5, "last.pt")
+    g.observe(torch.tensor(float("nan")))
+    g.observe(torch.tensor(2.0))
+    with pytest.raises(NonFiniteLossError, match="between steps 5 and 9"):
+        g.check(9, "last.pt")
+
+
+# ---- parameters, stages, schedules -------------------------------------------------------------------------------
+def test_freeze_patterns_and_frozen_batchnorm():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2, 2))
+    frozen_bn = apply_freeze(net, trainable=[r"^2\."], frozen=None)
+    assert [n for n, p in net.named_parameters() if p.requires_grad] == ["2.weight", "2.bias"]
+    assert frozen_bn == [net[1]]
+    with pytest.raises(UserError, match="no parameter is trainable"):
+        apply_freeze(net, trainable=["nothing"], frozen=None)
+
+
+def test_param_groups_skip_decay_on_biases_and_norms():
+    net = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    groups = param_groups(net, 0.1)
+    assert len(groups[0]["params"]) == 1 and len(groups[1]["params"]) == 3 and groups[1]["weight_decay"] == 0
+
+
+def test_stage_overrides_merge_or_replace_by_target():
+    cfg = OmegaConf.create({
+        "optim": {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.99]},
+        "trainer": {"max_epochs": 10},
+        "stages": {
+            "a": {"trainer": {"max_epochs": 2}},
+            "b": {"optim": {"_target_": "torch.optim.SGD", "lr": 1e-4}, "frozen": ["x"], "init": {"checkpoint": "previous"}},
+        },
+    })
+    (na, a), (nb, b) = stage_configs(cfg)
+    assert (na, nb) == ("a", "b")
+    assert a.trainer.max_epochs == 2 and a.optim.betas == [0.9, 0.99]
+    assert b.optim == {"_target_": "torch.optim.SGD", "lr": 1e-4}  # replaced, not merged: no Adam betas
+    assert b.trainer.max_epochs == 10 and b.stage.frozen == ["x"] and "stages" not in b
+    with pytest.raises(UserError, match="not a config section"):
+        stage_configs(OmegaConf.create({"stages": {"a": {"optimm": {}}}}))
+
+
+def test_schedules_shape():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    s = warmup_cosine(opt, total_steps=100, warmup=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        s.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[-1] < 0.01
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    s2 = step_decay(opt2, total_steps=10, milestones=(0.5,), gamma=0.1)
+    for _ in range(5):
+        opt2.step()
+        s2.step()
+    assert math.isclose(opt2.param_groups[0]["lr"], 0.1)
+    opt3 = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=0.01)
+    one_cycle(opt3, total_steps=20)
+    assert opt3.param_groups[0]["lr"] < 0.01
