@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -41,6 +41,7 @@ class TrainerConfig:
     early_stopping_min_delta: float = 0.0
     checkpoint_every_n_steps: Optional[int] = None  # also write last.pt mid-epoch (for exact resume of long epochs)
     test_after_fit: bool = True  # evaluate the best weights on the test split, if the dataset has one
+    also_evaluate: list[str] = field(default_factory=list)  # more splits scored at each validation, e.g. [train_eval]
     # Console and logs.
     log_every_n_steps: int = 50
     progress: bool = True

@@ -181,6 +181,11 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     val_loader = (
         data.loader(val_split, rank=rank, world_size=world, limit=val_limit) if data.has_split(val_split) else None
     )
+    for split in tcfg.also_evaluate:
+        if not data.has_split(split):
+            raise UserError(f"trainer.also_evaluate: split '{split}' does not exist; the dataset has: "
+                            f"{', '.join(data.splits)}")
+    extra_loaders = {s: data.loader(s, rank=rank, world_size=world, limit=val_limit) for s in tcfg.also_evaluate}
     batches_per_epoch = len(train_loader.batch_sampler)
     if batches_per_epoch == 0:
         raise UserError("the training split yields no full batch; lower dataset.batch_size or add data")
@@ -253,6 +258,8 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         guard.check(counters.step, str(last_path) if main else "")
         metrics = {f"val/{k}": v for k, v in evaluate(net, val_loader, device, tcfg.precision).items()}
         net.head.on_validation_end("val", stage.run_dir)
+        for split, loader in extra_loaders.items():
+            metrics.update({f"{split}/{k}": v for k, v in evaluate(net, loader, device, tcfg.precision).items()})
         log_metrics(metrics, epoch)
         improved = tracker.update(metrics)
         last_val_step = counters.step
@@ -266,7 +273,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     progress = ProgressBar(enabled=tcfg.progress and main, refresh_s=tcfg.progress_refresh_s)
     autocast = autocast_context(device, tcfg.precision)
     accum = tcfg.accumulate_grad_batches
-    loss_ema = torch.zeros((), device=device)  # smoothed loss for the bar
+    loss_ema = torch.zeros((), device=device)  # smoothed loss for the bar (bias-corrected when shown)
     interval_loss = torch.zeros((), device=device)  # loss summed since the last log line
     interval_batches, interval_samples, interval_t0 = 0, 0, time.monotonic()
     t_start = time.monotonic() - counters.train_seconds
@@ -291,10 +298,11 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             with no_sync:
                 with autocast:
                     _, loss = model(batch)
-                scaler.scale(loss / accum).backward()
+                scaler.scale(loss / accum if accum > 1 else loss).backward()
             guard.observe(loss)
-            loss_ema = loss_ema * 0.98 + loss.detach().float() * 0.02 if counters.step else loss.detach().float()
-            interval_loss += loss.detach().float()
+            loss = loss.detach().float()
+            loss_ema.lerp_(loss, 0.02)
+            interval_loss += loss
             interval_batches += 1
             interval_samples += batch_size_of(batch) * world
             progress.update(counters.batch_in_epoch, batch_size_of(batch) * world, loss_ema)

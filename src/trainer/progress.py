@@ -27,6 +27,7 @@ class ProgressBar:
         self._last = 0.0
         self._t0 = 0.0
         self._samples = 0
+        self._updates = 0
 
     def start_epoch(self, description: str, total: int) -> None:
         if not self.enabled:
@@ -54,13 +55,18 @@ class ProgressBar:
         if not self.enabled:
             return
         self._samples += samples
+        self._updates += 1
         now = time.monotonic()
         if now - self._last < self.refresh_s:
             return
         self._last = now
         rate = self._samples / max(now - self._t0, 1e-9)
-        self._progress.update(self._task, completed=completed, rate=f"{rate:,.0f}", loss=f"{float(loss):.4f}")
+        self._progress.update(self._task, completed=completed, rate=f"{rate:,.0f}", loss=f"{self._debiased(loss):.4f}")
         self._progress.refresh()
+
+    def _debiased(self, ema: torch.Tensor) -> float:
+        """The loop's EMA starts at 0 (no first-step branch in the hot loop); correct for that as Adam does."""
+        return float(ema) / (1 - 0.98 ** self._updates)
 
     def end_epoch(self, completed: int) -> None:
         if self.enabled and self._task is not None:
