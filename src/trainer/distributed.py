@@ -64,6 +64,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's `obj`, in rank order; [obj] on one process."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of `t` over ranks (in place on a copy); identity on one process."""
     if not is_distributed():

@@ -140,9 +140,8 @@ def batch_size_of(batch: dict[str, Any]) -> int:
 
 @torch.inference_mode()
 def evaluate(net: TaskNet, loader, device: torch.device, precision: str, limit: int | None = None) -> dict[str, float]:
-    """One pass over `loader` in eval mode; the head's metrics, reduced over ranks."""
+    """One pass over `loader` in eval mode (the net is left in eval mode); the head's metrics, reduced over ranks."""
     head = net.head
-    was_training = net.training
     net.eval()
     head.reset()
     for i, batch in enumerate(loader):
@@ -154,9 +153,7 @@ def evaluate(net: TaskNet, loader, device: torch.device, precision: str, limit: 
         with autocast_context(device, precision):
             outputs = net.model(batch["x"])
         head.update(outputs, batch)
-    metrics = head.compute()
-    net.train(was_training)
-    return metrics
+    return head.compute()
 
 
 def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, counters: Counters) -> FitResult:
@@ -278,15 +275,17 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     interval_batches, interval_samples, interval_t0 = 0, 0, time.monotonic()
     t_start = time.monotonic() - counters.train_seconds
     stop_reason = None
-    net.train()
-    for m in stage.bn_frozen:
-        m.eval()
+    def train_mode() -> None:
+        net.train()
+        for m in stage.bn_frozen:  # a frozen backbone keeps its batch-norm statistics
+            m.eval()
 
     while counters.epoch < max_epochs and stop_reason is None:
         for sampler_or_set in (train_loader.batch_sampler, train_loader.dataset):
             if hasattr(sampler_or_set, "set_epoch"):
                 sampler_or_set.set_epoch(counters.epoch)
         train_loader.batch_sampler.set_start(counters.batch_in_epoch)
+        train_mode()
         progress.start_epoch(f"{stage.name} {counters.epoch + 1}/{max_epochs}", batches_per_epoch)
 
         for batch in train_loader:
@@ -336,6 +335,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             if tcfg.val_every_n_steps and counters.step % tcfg.val_every_n_steps == 0 and val_loader is not None:
                 if validate(counters.epoch + 1):
                     stop_reason = "early stopping"
+                train_mode()
             if tcfg.checkpoint_every_n_steps and counters.step % tcfg.checkpoint_every_n_steps == 0:
                 counters.train_seconds = time.monotonic() - t_start
                 save_last()

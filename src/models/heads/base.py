@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.distributed import all_reduce_sum
+from trainer.distributed import all_gather_object, all_reduce_sum, is_distributed
 
 
 class Head(nn.Module):
@@ -51,15 +51,23 @@ class Head(nn.Module):
 
     def sums(self) -> dict[str, torch.Tensor]:
         """The accumulated sums, reduced over ranks, on the CPU."""
-        names = sorted(self._sums)
+        sums = self._sums
+        if is_distributed():
+            # A rank that got no evaluation batch has no sums; it must still join the all-reduce with zeros.
+            shapes = {k: tuple(v.shape) for k, v in sums.items()}
+            for other in all_gather_object(shapes):
+                shapes.update(other)
+            device = next(iter(sums.values())).device if sums else _default_device()
+            sums = {k: sums.get(k, torch.zeros(shape, device=device)) for k, shape in shapes.items()}
+        names = sorted(sums)
         if not names:
             return {}
-        flat = torch.cat([self._sums[k].reshape(-1).double() for k in names])
+        flat = torch.cat([sums[k].reshape(-1).double() for k in names])
         flat = all_reduce_sum(flat).cpu()
         out, i = {}, 0
         for k in names:
-            size = self._sums[k].numel()
-            out[k] = flat[i : i + size].reshape(self._sums[k].shape)
+            size = sums[k].numel()
+            out[k] = flat[i : i + size].reshape(sums[k].shape)
             i += size
         return out
 
@@ -75,6 +83,10 @@ class Head(nn.Module):
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[Any]:
         """One prediction per sample, in batch order (strings, tag lists, class names...)."""
         raise NotImplementedError(f"{type(self).__name__} does not decode predictions")
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _batch_len(batch: dict[str, Any]) -> int:

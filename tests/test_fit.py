@@ -1,0 +1,95 @@
+"""In-process tests of trainer.loop.fit on a toy problem: frozen batch norm, accumulation, budgets, early stopping."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from datasets.base import ArrayDataset, DataModule
+from models.heads.multi_position import MultiPositionHead
+from trainer.config import TrainerConfig
+from trainer.loop import Counters, Stage, TaskNet, apply_freeze, fit
+
+
+class ToyData(DataModule):
+    """64 random 4x4 images; the label says whether their mean is positive."""
+
+    def setup(self) -> None:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((64, 1, 4, 4)).astype(np.float32)
+        y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int64)[:, None]
+        self.splits = {"train": ArrayDataset({"x": x, "y": y}), "val": ArrayDataset({"x": x[:16], "y": y[:16]})}
+
+
+def toy_stage(tmp_path, *, bn: bool = True, frozen=None, batch_size: int = 16, lr: float = 0.1, **trainer) -> Stage:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(1, 4, 3)] + ([nn.BatchNorm2d(4)] if bn else []) + [nn.ReLU(), nn.Flatten(), nn.Linear(16, 2),
+                                                                           nn.Unflatten(1, (1, 2))]
+    net = TaskNet(nn.Sequential(*layers), MultiPositionHead(length=1, alphabet="ab"))
+    data = ToyData(batch_size=batch_size)
+    data.setup()
+    tcfg = TrainerConfig(**{"max_epochs": 2, "progress": False, "log_every_n_steps": 1, **trainer})
+    return Stage(name="train", index=0, cfg=OmegaConf.create({}), config_yaml="", tcfg=tcfg, data=data, net=net,
+                 optimizer_factory=functools.partial(torch.optim.SGD, lr=lr), scheduler_factory=None,
+                 run_dir=tmp_path, best_path=tmp_path / "checkpoints" / "best.pt",
+                 bn_frozen=apply_freeze(net, None, frozen))
+
+
+def test_frozen_batchnorm_statistics_survive_validation(tmp_path):
+    stage = toy_stage(tmp_path, frozen=[r"^model\.[01]\."], max_epochs=3)
+    bn = stage.net.model[1]
+    before = bn.running_mean.clone()
+    fit(stage, torch.device("cpu"), None, Counters())
+    assert torch.equal(bn.running_mean, before)  # three epochs, two validations in between
+    trained = stage.net.model[4].weight
+    assert trained.requires_grad and not stage.net.model[0].weight.requires_grad
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    big = toy_stage(tmp_path / "a", bn=False, batch_size=32, max_epochs=1)
+    fit(big, torch.device("cpu"), None, Counters())
+    small = toy_stage(tmp_path / "b", bn=False, batch_size=16, max_epochs=1, accumulate_grad_batches=2)
+    small.data.plan = lambda split, train: _pairs_of(big.data.plan(split, train))  # same samples, split in two
+    result = fit(small, torch.device("cpu"), None, Counters())
+    assert result.counters.step == 2
+    for a, b in zip(big.net.parameters(), small.net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _pairs_of(plan):
+    class Halves:
+        def batches(self, epoch):
+            return [half for b in plan.batches(epoch) for half in (b[: len(b) // 2], b[len(b) // 2 :])]
+
+    return Halves()
+
+
+def test_max_steps_and_max_time_stop_the_stage(tmp_path):
+    result = fit(toy_stage(tmp_path / "a", max_epochs=50, max_steps=5), torch.device("cpu"), None, Counters())
+    assert result.counters.step == 5 and result.stop_reason == "max_steps=5"
+    result = fit(toy_stage(tmp_path / "b", max_epochs=10_000, max_time="0.5"), torch.device("cpu"), None, Counters())
+    assert result.stop_reason == "max_time=0.5" and result.counters.epoch < 10_000
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path):
+    stage = toy_stage(tmp_path, bn=False, lr=0.0, max_epochs=20, early_stopping_patience=2)  # never improves
+    result = fit(stage, torch.device("cpu"), None, Counters())
+    assert result.stop_reason == "early stopping" and result.counters.epoch == 3
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and best["monitor"] == "val/acc"
+
+
+def test_also_evaluate_logs_extra_splits(tmp_path):
+    from trainer.loggers import CSVLogger
+
+    stage = toy_stage(tmp_path, max_epochs=1, also_evaluate=["train"])
+    stage.loggers = [CSVLogger(tmp_path)]
+    fit(stage, torch.device("cpu"), None, Counters())
+    rows = stage.loggers[0].rows
+    assert any("train/acc" in r and "val/acc" in r for r in rows)
+    with pytest.raises(Exception, match="split 'nope' does not exist"):
+        fit(toy_stage(tmp_path / "x", also_evaluate=["nope"]), torch.device("cpu"), None, Counters())
