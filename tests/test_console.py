@@ -1,0 +1,51 @@
+"""The console: the progress bar redraws a few times a second at most; package-name clashes are caught."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import torch
+from rich.console import Console
+
+import trainer.progress as progress
+from conftest import ROOT
+
+
+def test_progress_bar_redraws_at_most_every_refresh_interval(monkeypatch):
+    monkeypatch.setattr(progress, "console", Console(file=io.StringIO(), force_terminal=True, width=120))
+    bar = progress.ProgressBar(enabled=True, refresh_s=0.2)
+    bar.start_epoch("train 1/1", total=100_000)
+    redraws = []
+    monkeypatch.setattr(bar._progress, "refresh", lambda: redraws.append(1))
+    reads = []
+
+
+    loss = torch.tensor(2.0)
+    real_float = progress.ProgressBar._debiased
+
+    def counting(self, ema):
+        reads.append(1)
+        return real_float(self, ema)
+
+    monkeypatch.setattr(progress.ProgressBar, "_debiased", counting)
+    import time
+
+    t0 = time.monotonic()
+    for i in range(20_000):  # far faster than 5 per second
+        bar.update(i, 8, loss)
+    elapsed = time.monotonic() - t0
+    assert len(redraws) <= elapsed / 0.2 + 1 and len(reads) == len(redraws)  # the loss is read only when drawn
+    bar.close()
+    assert "samples/s" in progress.console.file.getvalue()
+
+
+def test_a_foreign_datasets_package_is_reported(tmp_path):
+    fake = tmp_path / "datasets"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("# stands in for Hugging Face's datasets\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "trainer"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "'import datasets' resolves to" in proc.stderr and "own virtual environment" in proc.stderr
