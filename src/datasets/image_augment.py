@@ -1,0 +1,112 @@
+"""Vectorised image augmentations of a whole batch, each sample's randomness drawn from (seed, epoch, index).
+
+Every function takes a float batch (B, C, H, W) and a matrix of per-sample uniforms `u` (B, k) from
+`datasets.base.per_sample_uniform`, so a sample is augmented the same way whatever batch, worker or rank it lands
+in, and a resumed run repeats the augmentations of an uninterrupted one. They are batch tensor operations (one
+gather, one mask), not a Python loop over samples: at Fashion-MNIST's size the per-sample PIL path of torchvision
+costs more than the training step of a small net.
+
+What each one follows:
+  - `hflip`: torchvision's RandomHorizontalFlip.
+  - `pad_crop`: the CIFAR/ResNet "pad 4 and take a random crop" (He et al. 2016), with the pad mode configurable.
+  - `erase`: Random Erasing (Zhong et al. 2020), torchvision's RandomErasing parameterisation: an area fraction in
+    `scale`, a log-uniform aspect ratio in `ratio`, a uniform position; filled with `value`.
+  - `quadrant_mask`: blank one of the four quadrants (the dog fine-tuning original's "mask a quadrant").
+  - `affine`: per-sample rotation, zoom (in and out), translation and flip in one `affine_grid`/`grid_sample` pass,
+    the batched form of torchvision's RandomAffine + RandomHorizontalFlip.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: How many uniforms each augmentation consumes per sample (callers size `per_sample_uniform` with these).
+DRAWS = {"hflip": 1, "pad_crop": 2, "erase": 5, "quadrant_mask": 2, "affine": 6}
+
+
+def _u(u: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(u, dtype=torch.float32, device=device)
+
+
+def hflip(x: torch.Tensor, u: np.ndarray, p: float = 0.5) -> torch.Tensor:
+    """Mirror the samples whose uniform is below p."""
+    flip = (_u(u[:, 0], x.device) < p).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+def pad_crop(x: torch.Tensor, u: np.ndarray, pad: int = 2, mode: str = "constant", value: float = 0.0) -> torch.Tensor:
+    """Pad each side by `pad`, then crop back to (H, W) at a per-sample offset in [0, 2*pad]."""
+    if pad <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode=mode, value=value) if mode == "constant" else \
+        F.pad(x, (pad, pad, pad, pad), mode=mode)
+    uu = _u(u, x.device)
+    dy = (uu[:, 0] * (2 * pad + 1)).long().clamp_(max=2 * pad)
+    dx = (uu[:, 1] * (2 * pad + 1)).long().clamp_(max=2 * pad)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # (B, H)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # (B, W)
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def erase(x: torch.Tensor, u: np.ndarray, p: float = 0.5, scale: tuple[float, float] = (0.02, 0.33),
+          ratio: tuple[float, float] = (0.3, 3.3), value: float = 0.0) -> torch.Tensor:
+    """Random Erasing: with probability p, fill one rectangle of area fraction in `scale` with `value`."""
+    b, _, h, w = x.shape
+    uu = _u(u, x.device)
+    area = (scale[0] + uu[:, 1] * (scale[1] - scale[0])) * (h * w)
+    log_r = math.log(ratio[0]) + uu[:, 2] * (math.log(ratio[1]) - math.log(ratio[0]))
+    aspect = torch.exp(log_r)
+    eh = torch.sqrt(area * aspect).round().clamp(1, h)
+    ew = torch.sqrt(area / aspect).round().clamp(1, w)
+    top = (uu[:, 3] * (h - eh + 1)).floor()
+    left = (uu[:, 4] * (w - ew + 1)).floor()
+    ys = torch.arange(h, device=x.device, dtype=torch.float32)[None, :]
+    xs = torch.arange(w, device=x.device, dtype=torch.float32)[None, :]
+    in_rows = (ys >= top[:, None]) & (ys < (top + eh)[:, None])  # (B, H)
+    in_cols = (xs >= left[:, None]) & (xs < (left + ew)[:, None])  # (B, W)
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & (uu[:, 0] < p)[:, None, None]
+    return x.masked_fill(mask[:, None], value)
+
+
+def quadrant_mask(x: torch.Tensor, u: np.ndarray, p: float = 0.5, value: float = 0.0) -> torch.Tensor:
+    """With probability p, fill one of the four quadrants (chosen uniformly) with `value`."""
+    b, _, h, w = x.shape
+    uu = _u(u, x.device)
+    quadrant = (uu[:, 1] * 4).long().clamp_(max=3)
+    top = (quadrant // 2) == 1
+    left = (quadrant % 2) == 0
+    ys = torch.arange(h, device=x.device)[None, :]
+    xs = torch.arange(w, device=x.device)[None, :]
+    in_rows = torch.where(top[:, None], ys >= h // 2, ys < h // 2)
+    in_cols = torch.where(left[:, None], xs < w // 2, xs >= w // 2)
+    mask = in_rows[:, :, None] & in_cols[:, None, :] & (uu[:, 0] < p)[:, None, None]
+    return x.masked_fill(mask[:, None], value)
+
+
+def affine(x: torch.Tensor, u: np.ndarray, degrees: float = 0.0, zoom: tuple[float, float] = (1.0, 1.0),
+           translate: float = 0.0, flip_p: float = 0.0, out_size: tuple[int, int] | None = None,
+           fill: float = 0.0) -> torch.Tensor:
+    """Rotate by up to +-degrees, zoom by a factor in `zoom` (>1 zooms in), shift by up to `translate` of the size,
+    mirror with probability flip_p; resample bilinearly to `out_size` (default: the input size)."""
+    b, c, h, w = x.shape
+    uu = _u(u, x.device)
+    angle = (uu[:, 0] * 2 - 1) * math.radians(degrees)
+    log_zoom = math.log(zoom[0]) + uu[:, 1] * (math.log(zoom[1]) - math.log(zoom[0]))
+    s = torch.exp(-log_zoom)  # the sampling grid shrinks when zooming in
+    tx = (uu[:, 2] * 2 - 1) * translate * 2  # affine_grid coordinates span [-1, 1]: a shift of f*size is 2f
+    ty = (uu[:, 3] * 2 - 1) * translate * 2
+    mirror = torch.where(uu[:, 4] < flip_p, -1.0, 1.0)
+    cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
+    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1)
+    oh, ow = out_size or (h, w)
+    grid = F.affine_grid(theta, [b, c, oh, ow], align_corners=False)
+    if fill == 0.0:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # grid_sample fills outside pixels with 0: sample (x - fill) and add fill back.
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
