@@ -139,11 +139,16 @@ def batch_size_of(batch: dict[str, Any]) -> int:
 
 
 @torch.inference_mode()
-def evaluate(net: TaskNet, loader, device: torch.device, precision: str, limit: int | None = None) -> dict[str, float]:
-    """One pass over `loader` in eval mode (the net is left in eval mode); the head's metrics, reduced over ranks."""
+def evaluate(net: TaskNet, loader, device: torch.device, precision: str, limit: int | None = None,
+             split: str | None = None) -> dict[str, float]:
+    """One pass over `loader` in eval mode (the net is left in eval mode); the head's metrics, reduced over ranks.
+
+    `split` ("val", "test", ...) is told to the head (`head.split`), for heads whose metrics depend on it (a decode
+    setting tuned on validation and only applied elsewhere)."""
     head = net.head
     net.eval()
     head.reset()
+    head.split = split
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
@@ -253,10 +258,11 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         """Evaluate, log, keep the best weights; True when early stopping says stop."""
         nonlocal last_val_step
         guard.check(counters.step, str(last_path) if main else "")
-        metrics = {f"val/{k}": v for k, v in evaluate(net, val_loader, device, tcfg.precision).items()}
+        metrics = {f"val/{k}": v for k, v in evaluate(net, val_loader, device, tcfg.precision, split="val").items()}
         net.head.on_validation_end("val", stage.run_dir)
         for split, loader in extra_loaders.items():
-            metrics.update({f"{split}/{k}": v for k, v in evaluate(net, loader, device, tcfg.precision).items()})
+            scores = evaluate(net, loader, device, tcfg.precision, split=split)
+            metrics.update({f"{split}/{k}": v for k, v in scores.items()})
         log_metrics(metrics, epoch)
         improved = tracker.update(metrics)
         last_val_step = counters.step

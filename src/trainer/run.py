@@ -209,7 +209,8 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
             stage.net.load_state_dict(ckpt.load(final_best)["net"])
         loader = stage.data.loader("test", rank=dist.rank(), world_size=dist.world_size(),
                                    limit=1 if tcfg.fast_dev_run else None)
-        test = {f"test/{k}": v for k, v in evaluate(stage.net.to(device), loader, device, tcfg.precision).items()}
+        test = {f"test/{k}": v for k, v in evaluate(stage.net.to(device), loader, device, tcfg.precision,
+                                                             split="test").items()}
         stage.net.head.on_validation_end("test", run_dir if main else None)
         for logger in loggers:
             logger.log(test, stage=stage.name, epoch=counters.epoch, step=counters.step,
@@ -258,7 +259,7 @@ def eval_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device) -> dic
         raise UserError(f"split='{split}' does not exist for this dataset; it has: {', '.join(data.splits)}")
     loader = data.loader(split, rank=dist.rank(), world_size=dist.world_size())
     precision = trainer_config(cfg.trainer).precision
-    metrics = {f"{split}/{k}": v for k, v in evaluate(net, loader, device, precision).items()}
+    metrics = {f"{split}/{k}": v for k, v in evaluate(net, loader, device, precision, split=split).items()}
     net.head.on_validation_end(split, run_dir if dist.is_main() else None)
     if dist.is_main():
         summary_table(f"eval {cfg.ckpt} on {split}", metrics)

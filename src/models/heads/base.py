@@ -22,6 +22,8 @@ class Head(nn.Module):
     #: Metric that picks the best checkpoint and drives early stopping, and whether higher is better.
     monitor: str = "loss"
     monitor_mode: str = "min"
+    #: The split being evaluated ("val", "test", ...), set by the loop's `evaluate` before the first `update`.
+    split: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
