@@ -60,6 +60,48 @@ def _chunk(indices: Sequence[int], size: int, drop_last: bool) -> list[list[int]
     return out
 
 
+class ClassBalancedBatches(BatchPlan):
+    """Batches of `classes` classes x `per_class` samples each (the "P x K" sampling of metric learning, e.g. the
+    16 x 2 batches of the dog fine-tuning original).
+
+    Each batch draws its classes without replacement with probability proportional to class size, so over an epoch
+    every sample is about equally likely to be seen; within a class, samples come from a per-epoch permutation
+    (a fresh one when a class runs out). An epoch has ceil(n / batch size) batches, about one pass over the data.
+    Everything is drawn from (seed, epoch). With fewer classes than `classes`, every class is in every batch.
+    """
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, classes: int, per_class: int, seed: int = 0):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if classes < 1 or per_class < 1:
+            raise ValueError(f"classes={classes} and per_class={per_class} must be >= 1")
+        self.members = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+        self.classes, self.per_class, self.seed = min(classes, len(self.members)), per_class, seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.classes * self.per_class
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        sizes = np.array([len(m) for m in self.members], dtype=np.float64)
+        queues = [rng.permutation(m) for m in self.members]
+        used = [0] * len(self.members)
+        out = []
+        for _ in range(math.ceil(len(self.labels) / self.batch_size)):
+            batch = []
+            for c in rng.choice(len(self.members), size=self.classes, replace=False, p=sizes / sizes.sum()):
+                take = []
+                while len(take) < self.per_class:
+                    if used[c] == len(queues[c]):
+                        queues[c], used[c] = rng.permutation(self.members[c]), 0
+                    n = min(self.per_class - len(take), len(queues[c]) - used[c])
+                    take += queues[c][used[c] : used[c] + n].tolist()
+                    used[c] += n
+                batch += take
+            out.append(batch)
+        return out
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Iterates one epoch of a BatchPlan: this rank's slice of each global batch, from `start`, at most `limit`."""
 
