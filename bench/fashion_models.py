@@ -3,7 +3,11 @@
 Random 28x28 grey batches, SGD with momentum, BN in train mode, as in real training; a few warm-up steps, then the
 median of timed steps. Pass candidates by name (see CANDIDATES) or run all of them:
 
-    nice -n 15 .venv/bin/python bench/fashion_models.py [--batch-size 256] [--steps 8] [NAME ...]
+    nice -n 15 .venv/bin/python bench/fashion_models.py [--batch-size 256] [--steps 8] [--threads 1] [NAME ...]
+
+Besides wall-clock throughput it reports throughput per CPU-second of this process (`cpu`): on a machine that
+other jobs keep busy, wall time says little, while with --threads 1 the CPU time of a step is close to what the
+step costs one core on an idle machine (two threads then give somewhat less than twice that).
 """
 from __future__ import annotations
 
@@ -44,25 +48,27 @@ def measure(model: torch.nn.Module, batch_size: int, steps: int, compile_model: 
     x = torch.randn(batch_size, 1, 28, 28)
     y = torch.randint(0, 10, (batch_size,))
     run = torch.compile(model) if compile_model else model
-    times = []
+    times, cpu = [], []
     model.train()
     for i in range(steps + 3):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = F.cross_entropy(run(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= 3:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     model.eval()
     eval_times = []
     with torch.inference_mode():
         for i in range(steps + 2):
-            t0 = time.perf_counter()
+            c0 = time.process_time()
             run(x)
             if i >= 2:
-                eval_times.append(time.perf_counter() - t0)
-    return batch_size / statistics.median(times), batch_size / statistics.median(eval_times)
+                eval_times.append(time.process_time() - c0)
+    return (batch_size / statistics.median(times), batch_size / statistics.median(cpu),
+            batch_size / statistics.median(eval_times))
 
 
 def main() -> None:
@@ -71,14 +77,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     for name in args.names:
         model = CANDIDATES[name]()
         params = sum(p.numel() for p in model.parameters())
-        train, evaluate = measure(model, args.batch_size, args.steps, args.compile)
-        print(f"{name:<24} {params / 1e6:6.2f}M params  train {train:7.0f} img/s  eval {evaluate:7.0f} img/s",
-              flush=True)
+        wall, cpu, evaluate = measure(model, args.batch_size, args.steps, args.compile)
+        print(f"{name:<24} {params / 1e6:6.2f}M params  train {wall:6.0f} img/s wall, {cpu:6.0f} img per CPU-s;  "
+              f"eval {evaluate:6.0f} img per CPU-s", flush=True)
 
 
 if __name__ == "__main__":
