@@ -53,6 +53,48 @@ class SequentialBatches(BatchPlan):
         return _chunk(list(range(offset, offset + self.n)), self.batch_size, self.drop_last)
 
 
+class BucketBatches(BatchPlan):
+    """Batches of samples of equal or near-equal length (clauses, sentences), so that padding is small.
+
+    Each epoch: a permutation seeded by (seed, epoch) breaks ties, a stable sort by length makes neighbours equally
+    long, the sorted list is cut into batches of at most `batch_size` samples and, when `max_tokens` is set, at most
+    `max_tokens` padded positions (batch count x longest length), so that short samples come in larger batches.
+    With `shuffle` the order of the batches is then permuted; without it (evaluation) the plan is the same every
+    epoch. `drop_last` drops a last batch of fewer than `batch_size` samples (count-cut batches only: with
+    `max_tokens`, batches of long samples are small by design).
+    """
+
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 max_tokens: int | None = None, drop_last: bool = False):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.max_tokens, self.drop_last = max_tokens, drop_last
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        n = len(self.lengths)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            perm = torch.randperm(n, generator=g).numpy()
+        else:
+            g, perm = None, np.arange(n)
+        order = perm[np.argsort(self.lengths[perm], kind="stable")]
+        if self.max_tokens is None:
+            out = _chunk(order.tolist(), self.batch_size, self.drop_last)
+        else:
+            out, start, sizes = [], 0, self.lengths[order]
+            while start < n:
+                # sorted ascending, so the last sample of a batch is its longest
+                stop = start + 1
+                while (stop < n and stop - start < self.batch_size
+                       and (stop - start + 1) * max(int(sizes[stop]), 1) <= self.max_tokens):
+                    stop += 1
+                out.append(order[start:stop].tolist())
+                start = stop
+        if self.shuffle and out:
+            out = [out[i] for i in torch.randperm(len(out), generator=g).tolist()]
+        return out
+
+
 def _chunk(indices: Sequence[int], size: int, drop_last: bool) -> list[list[int]]:
     out = [list(indices[i : i + size]) for i in range(0, len(indices), size)]
     if drop_last and out and len(out[-1]) < size:
@@ -226,8 +268,10 @@ class DataModule:
         limit: float | None = None,
         dataset: Dataset | None = None,
     ) -> DataLoader:
+        given = dataset
         dataset = dataset if dataset is not None else self.splits[split]
-        plan = self.plan(split, train) if split in self.splits else SequentialBatches(len(dataset), self.eval_batch_size)
+        # a dataset passed in (new inputs for mode=predict) is read in order, whatever the split's own plan
+        plan = self.plan(split, train) if given is None else SequentialBatches(len(dataset), self.eval_batch_size)
         sampler = EpochBatchSampler(plan, rank=rank, world_size=world_size)
         sampler.limit = resolve_limit(limit, len(plan.batches(0)))
         return DataLoader(
