@@ -1,0 +1,49 @@
+"""Stages end to end through the CLI: init from the previous stage's best weights, frozen parameters, a replaced
+optimizer, per-stage checkpoints and configs; resuming a finished multi-stage run retrains nothing."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conftest import TINY_CAPTCHA, TINY_DATA, TINY_TRAINER, cli, latest_run
+
+STAGES = ("stages={pretrain: {trainer: {max_epochs: 1}}, "
+          "finetune: {init: {checkpoint: previous}, frozen: ['^model\\.features\\.'], "
+          "optim: {_target_: torch.optim.SGD, _partial_: true, lr: 0.05, momentum: 0.9}, "
+          "trainer: {max_epochs: 1}}}")
+
+
+def test_two_stages_seed_freeze_and_switch_optimizer(workdir):
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, STAGES)
+    run = latest_run(workdir)
+    ckpts = run / "checkpoints"
+    assert (ckpts / "best-pretrain.pt").is_file() and (ckpts / "best.pt").is_file()
+    assert "torch.optim.Adam" in (run / "config.pretrain.yaml").read_text()
+    finetune_cfg = (run / "config.finetune.yaml").read_text()
+    assert "torch.optim.SGD" in finetune_cfg and "betas" not in finetune_cfg  # replaced, not merged
+
+    first = torch.load(ckpts / "best-pretrain.pt", weights_only=True)["net"]
+    second = torch.load(ckpts / "last.pt", weights_only=True)["net"]
+    features = [k for k in first if k.startswith("model.features.")]
+    heads = [k for k in first if k.startswith("model.classifiers.")]
+    assert features and heads
+    for k in features:  # frozen in stage 2, and seeded from stage 1's best
+        assert torch.equal(first[k], second[k]), k
+    assert any(not torch.equal(first[k], second[k]) for k in heads)  # trained in stage 2
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "ok" and "test/acc" in results["test"]
+
+    # Resuming a run whose stages are all done trains nothing more and ends with the same weights.
+    cli(workdir, f"resume={run}")
+    again = torch.load(ckpts / "last.pt", weights_only=True)
+    assert again["counters"]["stage_index"] == 1 and again["counters"]["stage_done"]
+    for k in second:
+        assert torch.equal(second[k], again["net"][k]), k
+
+
+def test_overfit_debug_mode_memorises_two_batches(workdir):
+    cli(workdir, "task=captcha", *TINY_DATA, *TINY_TRAINER, "debug=overfit", "trainer.max_epochs=120", "optim.lr=3e-3",
+        "sched=none", "model=captcha_crnn", "model.widths=[16,16,32,32]", "model.rnn_hidden=32", "model.dropout=0")
+    results = json.loads((latest_run(workdir) / "results.json").read_text())
+    assert results["best"] >= 0.99, results  # val = the same two training batches
