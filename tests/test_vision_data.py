@@ -65,6 +65,22 @@ def test_fashion_augmentation_is_per_sample_and_epoch_seeded(tmp_path):
     assert not torch.equal(c, d)  # a new epoch, new augmentations
 
 
+def test_fashion_download_uses_torchvision_into_its_layout(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeFashionMNIST:  # stands in for the network: writes the files where torchvision would
+        def __init__(self, root, train=True, download=False):
+            calls.append((root, train, download))
+            write_fashion(tmp_path / "FashionMNIST" / "raw", n_train=60, n_test=20)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
+    data = FashionMNISTData(root=str(tmp_path), download=True, val_size=10)
+    data.setup()
+    assert calls and all(c[2] for c in calls) and len(data.splits["test"]) == 20
+
+
 def test_missing_fashion_files_name_the_file(tmp_path):
     with pytest.raises(UserError, match="train-images-idx3-ubyte.*not found") as e:
         FashionMNISTData(root=str(tmp_path)).setup()
