@@ -67,6 +67,13 @@ def test_epoch_sampler_slices_global_batches_across_ranks_and_resumes():
     assert len(limited) == 3
 
 
+def test_training_under_ddp_skips_batches_too_small_to_give_every_rank_a_sample():
+    plan = SequentialBatches(9, 4)  # the last global batch holds one sample: rank 1 would have nothing
+    ranks = [list(EpochBatchSampler(plan, rank=r, world_size=2, min_size=2)) for r in range(2)]
+    assert ranks[0] == [[0, 2], [4, 6]] and ranks[1] == [[1, 3], [5, 7]]
+    assert list(EpochBatchSampler(plan, rank=1, world_size=2))[-1] == []  # evaluation keeps it (and copes)
+
+
 def test_fresh_sequential_batches_move_on_each_epoch():
     plan = SequentialBatches(4, 2, fresh_each_epoch=True)
     assert plan.batches(0) == [[0, 1], [2, 3]] and plan.batches(2) == [[8, 9], [10, 11]]

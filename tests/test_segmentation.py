@@ -50,6 +50,16 @@ def test_icwb2_words_split_at_any_space_and_output_keeps_empty_lines():
     out = io.StringIO()
     write_segmented([["共同", "创造"], [], ["新"]], out)
     assert out.getvalue() == "共同  创造\n\n新\n"
+    assert parse_segmented(["a\u00a0b  c"]) == [["a\u00a0b", "c"]]  # the scorer splits at ASCII space and U+3000 only
+
+
+def test_icwb2_oov_is_counted_against_the_whole_training_file(tmp_path):
+    from datasets.segmentation import Icwb2
+
+    (tmp_path / "train.utf8").write_text("共同  创造\n" * 19 + "美好  世纪\n", encoding="utf-8")
+    data = Icwb2(train=str(tmp_path / "train.utf8"), val_fraction=0.05, min_count=1)
+    data.setup()
+    assert len(data.splits["val"]) == 1 and data.train_words == {"共同", "创造", "美好", "世纪"}
 
 
 def test_tags_round_trip():

@@ -30,6 +30,7 @@ def test_idx_round_trip_gzipped_and_raw(tmp_path):
     (b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") * 3 + b"\x01" * 7, "truncated or corrupt"),
     (b"\x1f\x8b\x08\x00garbage", "cannot read"),
     (b"PK\x03\x04whatever", "not an IDX file"),
+    (b"\x00\x00\x08\x03\x00\x00", "header is cut short"),
 ])
 def test_corrupt_idx_is_one_line(tmp_path, content, words):
     (tmp_path / "f").write_bytes(content)
@@ -164,6 +165,13 @@ def test_image_folder_layouts(tmp_path):
     assert batch["x"].shape == (2, 3, 32, 32) and batch["y"].tolist() == [0, 0]
 
 
+def test_a_checkpoint_trained_on_other_classes_is_one_line(tmp_path):
+    data = ImageFolderData(root=str(write_image_folder(tmp_path / "imgs", per_class=2)), image_size=32)
+    data.load_state_dict({"class_names": ["beagle", "husky"]})  # the folder also has poodle: ids would shift
+    with pytest.raises(UserError, match="checkpoint was trained on beagle, husky"):
+        data.setup()
+
+
 def test_heavy_augmentation_joins_same_class_and_is_seeded(tmp_path):
     root = write_image_folder(tmp_path / "imgs", per_class=6)
     data = ImageFolderData(root=str(root), image_size=32, val_fraction=0.0, augment="heavy",
@@ -199,6 +207,10 @@ def test_bad_list_line(tmp_path):
 
 
 # ---- heads ----------------------------------------------------------------------------------------------------
+def no_collective():
+    raise AssertionError("on_validation_end must read head.reduced, not reduce again")
+
+
 def test_classification_metrics_from_the_confusion_matrix(tmp_path):
     head = ClassificationHead(3, ["a", "b", "c"], save_confusion=["test"])
     y = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -210,6 +222,9 @@ def test_classification_metrics_from_the_confusion_matrix(tmp_path):
     assert (m["acc_a"], m["acc_b"], m["acc_c"]) == pytest.approx((0.5, 1.0, 0.5))
     f1 = [2 * 0.5 * 0.5 / 1.0, 2 * (2 / 3) * 1 / (2 / 3 + 1), 2 * 1 * 0.5 / 1.5]  # per-class 2PR/(P+R)
     assert m["macro_f1"] == pytest.approx(sum(f1) / 3)
+    absent = ClassificationHead(3).confusion_metrics(torch.tensor([[2.0, 0, 0], [0, 1, 0], [0, 0, 0]]))
+    assert absent["macro_f1"] == 1.0  # class 2 neither true nor predicted: left out, as scikit-learn does
+    head.sums = no_collective  # on_validation_end runs on rank 0 only with a run dir: a reduce there would hang DDP
     head.on_validation_end("test", tmp_path)
     rows = (tmp_path / "confusion_test.csv").read_text().splitlines()
     assert rows[0] == "true \\ predicted,a,b,c" and rows[1] == "a,1,1,0" and (tmp_path / "confusion_test.png").is_file()
@@ -231,6 +246,7 @@ def test_center_loss_head_tunes_alpha_on_validation_only():
     head.update(outputs, {"x": outputs["logits"], "y": y})
     m = head.compute()
     assert m["acc"] == 1.0 and m["alpha"] < 0.5 and m["acc_main"] == 0.5 and m["acc_aux"] == 1.0
+    head.sums = no_collective
     head.on_validation_end("val", None)
     assert float(head.alpha) == pytest.approx(m["alpha"]) and "alpha" in head.state_dict()
     assert head.decode(outputs, {}) == ["x", "y", "x", "y"]
@@ -258,6 +274,19 @@ def test_weights_path_loads_and_mismatch_is_one_line(tmp_path):
         BackboneGLUClassifier("resnet1", num_classes=3)
     with pytest.raises(UserError, match="no such weights"):
         BackboneGLUClassifier("resnet18", num_classes=3, pretrained="NO_SUCH_WEIGHTS")
+
+
+def test_inception_loads_torchvision_weights_with_their_auxiliary_branch_then_drops_it(tmp_path):
+    import torchvision
+
+    from models.backbone_glu import BackboneGLUClassifier
+
+    reference = torchvision.models.get_model("googlenet", weights=None, aux_logits=True, init_weights=False)
+    torch.save(reference.state_dict(), tmp_path / "w.pt")  # as torchvision's ImageNet file: aux1/aux2 included
+    model = BackboneGLUClassifier("googlenet", num_classes=3, weights_path=str(tmp_path / "w.pt"))
+    assert model.backbone.aux1 is None and not model.backbone.aux_logits
+    assert torch.equal(model.backbone.conv1.conv.weight, reference.conv1.conv.weight)
+    assert model.train()(torch.randn(2, 3, 64, 64))["logits"].shape == (2, 3)
 
 
 def test_faithful_mobilenet_upscales_and_repeats_grey():

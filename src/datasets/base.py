@@ -145,10 +145,16 @@ class ClassBalancedBatches(BatchPlan):
 
 
 class EpochBatchSampler(Sampler[list[int]]):
-    """Iterates one epoch of a BatchPlan: this rank's slice of each global batch, from `start`, at most `limit`."""
+    """Iterates one epoch of a BatchPlan: this rank's slice of each global batch, from `start`, at most `limit`.
 
-    def __init__(self, plan: BatchPlan, rank: int = 0, world_size: int = 1, limit: int | None = None):
+    Global batches smaller than `min_size` are skipped: training under DDP passes the world size, since a rank with
+    an empty slice would have no loss to back-propagate and the gradient all-reduce would wait for it forever.
+    """
+
+    def __init__(self, plan: BatchPlan, rank: int = 0, world_size: int = 1, limit: int | None = None,
+                 min_size: int = 1):
         self.plan, self.rank, self.world_size, self.limit = plan, rank, world_size, limit
+        self.min_size = min_size
         self.epoch, self.start = 0, 0
         self._cache: tuple[int, list[list[int]]] | None = None
 
@@ -161,7 +167,10 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def _global(self) -> list[list[int]]:
         if self._cache is None or self._cache[0] != self.epoch:
-            self._cache = (self.epoch, self.plan.batches(self.epoch))
+            batches = self.plan.batches(self.epoch)
+            if self.min_size > 1:
+                batches = [b for b in batches if len(b) >= self.min_size]
+            self._cache = (self.epoch, batches)
         batches = self._cache[1]
         return batches[: self.limit] if self.limit is not None else batches
 
@@ -272,8 +281,8 @@ class DataModule:
         dataset = dataset if dataset is not None else self.splits[split]
         # a dataset passed in (new inputs for mode=predict) is read in order, whatever the split's own plan
         plan = self.plan(split, train) if given is None else SequentialBatches(len(dataset), self.eval_batch_size)
-        sampler = EpochBatchSampler(plan, rank=rank, world_size=world_size)
-        sampler.limit = resolve_limit(limit, len(plan.batches(0)))
+        sampler = EpochBatchSampler(plan, rank=rank, world_size=world_size, min_size=world_size if train else 1)
+        sampler.limit = resolve_limit(limit, len(sampler._global()))
         return DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -285,6 +294,20 @@ class DataModule:
             # A private generator: starting an epoch's iterator must not consume the global torch RNG (resume).
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+
+class ClassifiedData(DataModule):
+    """A DataModule of single-label samples with named classes; the names travel with checkpoints, so that
+    `mode=predict` can name its predictions without reading the training data."""
+
+    class_names: list[str] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"class_names": list(self.class_names)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("class_names"):
+            self.class_names = list(state["class_names"])
 
 
 def per_sample_uniform(seed: int, epoch: int, indices: np.ndarray, draws: int) -> np.ndarray:

@@ -70,9 +70,18 @@ def parse_people_daily(lines: list[str], source: str) -> list[list[str]]:
     return out
 
 
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")  # perl's \s on bytes
+
+
+def split_words(line: str) -> list[str]:
+    """A line's words as the SIGHAN `score` script reads them: U+3000 is a space, other separators are ASCII
+    whitespace (a no-break space inside a token does not split it, as it would with str.split())."""
+    return [w for w in _ASCII_SPACE.split(line.replace("\u3000", " ").strip()) if w]
+
+
 def parse_segmented(lines: list[str]) -> list[list[str]]:
-    """Word lists of icwb2 training or gold lines: words are separated by any whitespace (incl. U+3000)."""
-    return [line.split() for line in lines]
+    """Word lists of icwb2 training or gold lines, split as the scorer splits them."""
+    return [split_words(line) for line in lines]
 
 
 # ---- writing -------------------------------------------------------------------------------------------------------

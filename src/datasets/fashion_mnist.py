@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from trainer.errors import UserError
 
 from . import image_augment as aug
-from .base import ArrayDataset, DataModule, per_sample_uniform
+from .base import ArrayDataset, ClassifiedData, per_sample_uniform
 
 log = logging.getLogger("trainer")
 
@@ -59,6 +59,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise UserError(f"{path} is not an IDX file of unsigned bytes (bad magic number {data[:4].hex()}); "
                         f"download the file again")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise UserError(f"{path} is truncated or corrupt: its header is cut short; download the file again")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = memoryview(data)[4 + 4 * ndim :]
     expected = int(np.prod(dims))
@@ -111,7 +113,7 @@ def load_arrays(root: Path, allow_download: bool) -> dict[str, tuple[np.ndarray,
 
 
 # ---- the DataModule -------------------------------------------------------------------------------------------------
-class FashionMNISTData(DataModule):
+class FashionMNISTData(ClassifiedData):
     def __init__(
         self,
         root: str = "data/fashion-mnist",
@@ -143,13 +145,6 @@ class FashionMNISTData(DataModule):
     def info(self) -> dict[str, Any]:
         return {"num_classes": len(self.class_names), "class_names": list(self.class_names), "in_channels": 1,
                 "height": 28, "width": 28, "input_shape": [1, 28, 28]}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"class_names": list(self.class_names)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("class_names"):
-            self.class_names = list(state["class_names"])
 
     def setup(self) -> None:
         arrays = load_arrays(self.root, self.download)

@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from trainer.errors import UserError
 
 from . import image_augment as aug
-from .base import BatchPlan, ClassBalancedBatches, DataModule, RandomBatches, per_sample_uniform
+from .base import BatchPlan, ClassBalancedBatches, ClassifiedData, RandomBatches, per_sample_uniform
 
 log = logging.getLogger("trainer")
 
@@ -167,7 +167,7 @@ class ImageSet(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
 
-class ImageFolderData(DataModule):
+class ImageFolderData(ClassifiedData):
     def __init__(
         self,
         root: str,
@@ -216,13 +216,6 @@ class ImageFolderData(DataModule):
         return {"num_classes": len(self.class_names), "class_names": list(self.class_names), "in_channels": 3,
                 "height": self.image_size, "width": self.image_size}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"class_names": list(self.class_names)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("class_names"):
-            self.class_names = list(state["class_names"])
-
     def setup(self) -> None:
         if not self.root.is_dir():
             raise UserError(f"image folder not found: {self.root} (set dataset.root)")
@@ -239,16 +232,13 @@ class ImageFolderData(DataModule):
 
     def _read_layout(self) -> dict[str, tuple[list[Path], list[int]]]:
         given: dict[str, tuple[list[Path], list[int]]] = {}
+        saved = self.class_names  # from a checkpoint: class i must mean the same here, or every score is wrong
         if self.list_file:
             lists = {"train": self.list_file, "val": self.val_list, "test": self.test_list}
             raw = {s: read_list(Path(f), self.root) for s, f in lists.items() if f}
             ids = sorted({i for _, split_ids in raw.values() for i in split_ids})
             remap = {old: new for new, old in enumerate(ids)}
-            saved = self.class_names  # from a checkpoint: the ids must map the same way
             self.class_names = [str(i) for i in ids]
-            if saved and saved != self.class_names:
-                raise UserError(f"the list files have class ids {', '.join(self.class_names[:10])}... but the "
-                                f"checkpoint was trained on {', '.join(saved[:10])}...")
             given = {s: (paths, [remap[i] for i in split_ids]) for s, (paths, split_ids) in raw.items()}
         elif (self.root / "train").is_dir():
             paths, labels, self.class_names = scan_class_folders(self.root / "train")
@@ -261,6 +251,9 @@ class ImageFolderData(DataModule):
         else:
             paths, labels, self.class_names = scan_class_folders(self.root)
             given["train"] = (paths, labels)
+        if saved and saved != self.class_names:
+            raise UserError(f"the data under {self.root} has classes {', '.join(self.class_names[:8])}... but the "
+                            f"checkpoint was trained on {', '.join(saved[:8])}...; give the same class folders/ids")
         # Hold out what was not given, stratified by class.
         paths, labels = given["train"]
         for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):

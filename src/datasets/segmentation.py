@@ -203,6 +203,9 @@ class SegmentationData(DataModule):
         self.train_words: frozenset[str] | None = None
         self._splits: dict[str, Dataset] | None = {}
 
+    #: The splits whose words make the word list that OOV/IV recall are counted against.
+    word_list_splits: tuple[str, ...] = ("train",)
+
     def read(self) -> dict[str, list[Sentence]]:
         raise NotImplementedError
 
@@ -232,7 +235,8 @@ class SegmentationData(DataModule):
                 raise UserError("no training text: the vocabulary comes from the training split (or from a "
                                 "checkpoint, with ckpt=PATH)")
             self.vocab = Vocabulary.build([s.text for s in train], self.min_count)
-            self.train_words = frozenset(w for s in train for w in s.gold)
+            self.train_words = frozenset(w for name in self.word_list_splits for s in sentences.get(name, [])
+                                         for w in s.gold)
         splits: dict[str, Dataset] = {}
         if train:
             splits["train"] = ClauseDataset(ClauseTable(train, self.vocab, self.punctuation, "train"))
@@ -326,7 +330,10 @@ class PeopleDaily(SegmentationData):
 class Icwb2(SegmentationData):
     """SIGHAN 2005 bakeoff files: `train` (segmented; its last `val_fraction` validates), `test` (unsegmented)
     scored against `gold` (segmented). Any of them may be left out: eval needs test+gold (or gold alone, whose
-    text is then the input), training needs train."""
+    text is then the input), training needs train. OOV words are those missing from the whole training file
+    (validation lines included), as in the bakeoff's `*_training_words.utf8`."""
+
+    word_list_splits = ("train", "val")
 
     def __init__(self, train: str | None = None, test: str | None = None, gold: str | None = None,
                  val_fraction: float = 0.05, **kwargs: Any):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .torchvision_backbone import build_torchvision, cut_classifier
+from .torchvision_backbone import build_torchvision, cut_classifier, drop_auxiliary_classifiers
 
 
 class GatedLinearUnit(nn.Module):
@@ -34,8 +34,7 @@ class BackboneGLUClassifier(nn.Module):
                  weights_path: str | None = None, embed_dim: int = 64, dropout: float = 0.0,
                  channels_last: bool = True):
         super().__init__()
-        kwargs = {"aux_logits": False} if arch.startswith(("inception", "googlenet")) else {}
-        backbone = build_torchvision(arch, pretrained, weights_path, **kwargs)
+        backbone = drop_auxiliary_classifiers(build_torchvision(arch, pretrained, weights_path))
         self.backbone, features = cut_classifier(backbone)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.glu = GatedLinearUnit(features, embed_dim)

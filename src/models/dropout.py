@@ -50,8 +50,9 @@ class NoiseShapeDropout(nn.Module):
         if self.p == 1.0:
             return x * 0.0
         keep = 1.0 - self.p
-        mask = torch.empty(self.mask_shape(x), dtype=x.dtype, device=x.device).bernoulli_(keep)
-        return x * mask.div_(keep)
+        # float32 mask: in bf16/fp16, 1/keep would be rounded (1.109 for 1/0.9) and bias the expectation
+        mask = torch.empty(self.mask_shape(x), dtype=torch.float32, device=x.device).bernoulli_(keep)
+        return (x * mask.div_(keep)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, noise_shape={list(self.noise_shape) if self.noise_shape is not None else None}"

@@ -84,6 +84,19 @@ def load_state_dict_file(model: nn.Module, path: str | Path, what: str) -> None:
     log.info(f"loaded {len(state)} tensors of {what} from {path}")
 
 
+def drop_auxiliary_classifiers(model: nn.Module) -> nn.Module:
+    """Remove Inception v3's / GoogLeNet's auxiliary ImageNet classifiers (training-time side outputs).
+
+    torchvision only builds these models with their ImageNet weights when the auxiliary branches exist (the weights
+    hold them), so they are built whole, loaded, then cut here."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, name):
+                setattr(model, name, None)
+    return model
+
+
 def cut_classifier(model: nn.Module) -> tuple[nn.Module, int]:
     """Replace the model's classifier by what precedes its first Linear; return (model, feature size)."""
     name, last = list(model.named_children())[-1]

@@ -6,7 +6,7 @@ repeat happen inside the model, on the device, so the DataModule keeps serving 2
 model of torchvision's registry works (mobilenet_v2, mobilenet_v3_small/large, resnet18, ...), optionally
 ImageNet-initialised (`pretrained`) or loaded from a local state_dict (`weights_path`); see torchvision_backbone.py.
 
-With ImageNet weights, feed inputs scaled to [0, 1] (dataset.normalize=none) and set input_norm=imagenet, so the
+With ImageNet weights, feed inputs scaled to [0, 1] (dataset.normalize=false) and set input_norm=imagenet, so the
 network sees the statistics it was trained on.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .torchvision_backbone import build_torchvision, replace_last_linear
+from .torchvision_backbone import build_torchvision, drop_auxiliary_classifiers, replace_last_linear
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +37,8 @@ class TorchvisionClassifier(nn.Module):
         super().__init__()
         if input_norm not in (None, "imagenet"):
             raise ValueError(f"input_norm='{input_norm}' is not null or imagenet")
-        self.net = replace_last_linear(build_torchvision(arch, pretrained, weights_path), num_classes, dropout)
+        self.net = replace_last_linear(drop_auxiliary_classifiers(build_torchvision(arch, pretrained, weights_path)),
+                                     num_classes, dropout)
         self.in_channels, self.input_size, self.channels_last = in_channels, input_size, channels_last
         if input_norm == "imagenet":
             self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -57,6 +57,8 @@ def _validation_row(job_dir: Path, monitor: str | None, best: float | None, at: 
         return {}
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get(monitor)]
+    if rows and "stage" in rows[0]:  # a staged run: its best.pt and final metrics come from its last stage
+        rows = [r for r in rows if r["stage"] == rows[-1]["stage"]]
     if not rows:
         return {}
     if at == "best" and best is not None:

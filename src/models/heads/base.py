@@ -28,6 +28,9 @@ class Head(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._sums: dict[str, torch.Tensor] = {}
+        #: The last result of `sums()`: hooks after `compute` read it instead of reducing again, since a
+        #: collective called on rank 0 only (where the run directory is) would hang the other ranks.
+        self.reduced: dict[str, torch.Tensor] = {}
 
     # --- training ----------------------------------------------------------------------------------------------
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
@@ -36,6 +39,7 @@ class Head(nn.Module):
     # --- evaluation --------------------------------------------------------------------------------------------
     def reset(self) -> None:
         self._sums = {}
+        self.reduced: dict[str, torch.Tensor] = {}
 
     def accumulate(self, name: str, value: torch.Tensor) -> None:
         """Add `value` (any shape, summed elementwise) to the running sum `name`."""
@@ -71,6 +75,7 @@ class Head(nn.Module):
             size = sums[k].numel()
             out[k] = flat[i : i + size].reshape(sums[k].shape)
             i += size
+        self.reduced = out
         return out
 
     def compute(self) -> dict[str, float]:
@@ -79,7 +84,10 @@ class Head(nn.Module):
         return {"loss": float(s["loss_sum"] / s["count"].clamp(min=1))} if s else {}
 
     def on_validation_end(self, split: str, run_dir: Path | None) -> None:
-        """Hook after `compute` on a split: save artefacts (a confusion matrix PNG), tune decode-time state."""
+        """Hook after `compute` on a split: save artefacts (a confusion matrix PNG), tune decode-time state.
+
+        Called on every rank, with `run_dir` None except on rank 0; read `self.reduced`, never call `sums()` here.
+        """
 
     # --- prediction --------------------------------------------------------------------------------------------
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[Any]:

@@ -96,9 +96,9 @@ class CenterLossClassificationHead(ClassificationHead):
         return metrics
 
     def on_validation_end(self, split: str, run_dir: Path | None) -> None:
-        if "confusion_by_alpha" not in self._sums:
+        if "confusion_by_alpha" not in self.reduced:
             return
-        s = self.sums()
+        s = self.reduced
         g = self._chosen(s, split)
         if split == self.tune_split:
             self.alpha.fill_(float(self.alphas[g]))

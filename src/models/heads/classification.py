@@ -5,8 +5,8 @@ predicted), so the numbers are exact under DDP after one all-reduce:
   - acc: trace / total;
   - acc_<class>: per-class accuracy (recall of that class: its diagonal over its row), the usual "per-class accuracy"
     of image classification reports;
-  - macro_f1: the unweighted mean over classes of 2PR/(P+R) (scikit-learn's f1_score(average="macro"), a class
-    with no true and no predicted sample counting as 0).
+  - macro_f1: the unweighted mean of 2PR/(P+R) over the classes that occur as truth or prediction (scikit-learn's
+    f1_score(average="macro"); a class that is predicted but never right, or never predicted, counts as 0).
 At the end of the splits listed in `save_confusion` the matrix is written to the run directory as
 confusion_<split>.csv (counts, with class names) and confusion_<split>.png (row-normalised heat map).
 
@@ -83,16 +83,17 @@ class ClassificationHead(Head):
         recall = diag / true_n.clamp(min=1)
         f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
                          torch.zeros_like(precision))
-        metrics = {"acc": float(diag.sum() / total), "macro_f1": float(f1.mean())}
+        present = (true_n + pred_n) > 0  # scikit-learn averages over the labels in y_true or y_pred only
+        metrics = {"acc": float(diag.sum() / total), "macro_f1": float(f1[present].mean()) if present.any() else 0.0}
         if self.per_class_metrics:
             for name, value in zip(self.class_names, recall.tolist()):
                 metrics[f"acc_{metric_name(name)}"] = value
         return metrics
 
     def on_validation_end(self, split: str, run_dir: Path | None) -> None:
-        if run_dir is None or split not in self.save_confusion or "confusion" not in self._sums:
+        if run_dir is None or split not in self.save_confusion or "confusion" not in self.reduced:
             return
-        confusion = self.sums()["confusion"].long()
+        confusion = self.reduced["confusion"].long()
         save_confusion(confusion, self.class_names, run_dir / f"confusion_{split}.csv",
                        run_dir / f"confusion_{split}.png", title=f"{split}: confusion (rows: true class)")
 
