@@ -117,6 +117,15 @@ def test_help_lists_the_tasks():
     assert out.returncode == 0 and "captcha" in out.stdout and "tasks (task=NAME)" in out.stdout
 
 
+def test_hydra_flags_keep_their_values_wherever_they_stand(workdir):
+    from trainer.cli import split_flags
+
+    assert split_flags(["task=captcha", "--cfg", "job", "-m", "seed=1", "--info", "defaults", "x=1"]) == (
+        ["--cfg", "job", "-m", "--info", "defaults"], ["task=captcha", "seed=1", "x=1"])
+    out = cli(workdir, "task=segmentation", "--cfg", "job", "optim.lr=0.5").stdout
+    assert "_target_: models.seg_resfcn.SegResFCN" in out and "lr: 0.5" in out
+
+
 # ---- bad input: one clear line, exit code 2 ----------------------------------------------------------------------
 @pytest.mark.parametrize("args, words", [
     (["task=nosuchtask"], "unknown task 'nosuchtask'; available: captcha"),

@@ -21,7 +21,27 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 PASS_THROUGH_FLAGS = ("--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--hydra-help", "--version",
                       "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                       "-cd", "--experimental-rerun")
+#: Hydra flags followed by a value (`--cfg job`), and --info's optional one.
+VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+               "--experimental-rerun", "--shell-completion", "-sc")
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 _failures: list[str] = []
+
+
+def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Hydra's flags (with their values, wherever they stand) apart from the KEY=VALUE overrides."""
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        takes_value = arg in VALUE_FLAGS or (arg in ("--info", "-i") and i + 1 < len(argv)
+                                             and argv[i + 1] in INFO_CHOICES)
+        if arg.startswith("-"):
+            flags += argv[i : i + 2] if takes_value else [arg]
+            i += 2 if takes_value else 1
+        else:
+            overrides.append(arg)
+            i += 1
+    return flags, overrides
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -212,8 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import distributed as dist
     from .errors import UserError
 
-    flags = [a for a in argv if a.startswith("-")]
-    overrides = [a for a in argv if not a.startswith("-")]
+    flags, overrides = split_flags(argv)
     multirun = "-m" in flags or "--multirun" in flags
 
     dist.init_from_env()
