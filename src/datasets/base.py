@@ -12,11 +12,14 @@ augmentation seeds (see `sample_seed`).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from trainer.errors import UserError
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -282,7 +285,7 @@ class DataModule:
         # a dataset passed in (new inputs for mode=predict) is read in order, whatever the split's own plan
         plan = self.plan(split, train) if given is None else SequentialBatches(len(dataset), self.eval_batch_size)
         sampler = EpochBatchSampler(plan, rank=rank, world_size=world_size, min_size=world_size if train else 1)
-        sampler.limit = resolve_limit(limit, len(sampler._global()))
+        sampler.limit = resolve_limit(limit, len(sampler))
         return DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -294,6 +297,27 @@ class DataModule:
             # A private generator: starting an epoch's iterator must not consume the global torch RNG (resume).
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def images_in(folder: Path) -> list[Path]:
+    """The image files under `folder`, recursively, sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def image_inputs(path: Path, missing: str) -> list[Path]:
+    """A file as given, or the images under a folder; a one-line error (`missing`) when the path does not exist,
+    or when the folder holds no image."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(missing)
+    files = images_in(path)
+    if not files:
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+    return files
 
 
 class ClassifiedData(DataModule):

@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from trainer.errors import UserError
 
-from .base import ArrayDataset, DataModule, SequentialBatches
+from .base import ArrayDataset, DataModule, SequentialBatches, image_inputs
 
 log = logging.getLogger("trainer")
 
@@ -237,18 +237,8 @@ class _ImageFiles(torch.utils.data.Dataset):
         return sample
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
 def read_folder(folder: Path, length: int, width: int, height: int, require_labels: bool = True):
-    if folder.is_file():
-        files = [folder]
-    elif folder.is_dir():
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        raise UserError(f"captcha folder not found: {folder}")
-    if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    files = image_inputs(folder, f"captcha folder not found: {folder}")
     labels = None
     if require_labels:
         labels = []

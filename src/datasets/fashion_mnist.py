@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from trainer.errors import UserError
 
 from . import image_augment as aug
-from .base import ArrayDataset, ClassifiedData, per_sample_uniform
+from .base import IMAGE_SUFFIXES, ArrayDataset, ClassifiedData, image_inputs, per_sample_uniform
 
 log = logging.getLogger("trainer")
 
@@ -44,9 +44,6 @@ FILES = {
     ("test", "y"): "t10k-labels-idx1-ubyte",
 }
 MEAN, STD = 0.2860, 0.3530  # of the 60k training images, scaled to [0, 1]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-
-
 # ---- the IDX format ----------------------------------------------------------------------------------------------
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file of unsigned bytes (gzipped or not) as an array of the shape its header gives."""
@@ -202,14 +199,7 @@ class FashionMNISTData(ClassifiedData):
     def predict_dataset(self, source: str) -> ArrayDataset:
         """An IDX image file (gzipped or not), an image file, or a folder of images (grey, resized to 28x28)."""
         path = Path(source)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
-        elif path.is_file():
-            files = [path]
-        else:
-            raise UserError(f"input not found: {path} (an IDX image file, an image, or a folder of images)")
+        files = image_inputs(path, f"input not found: {path} (an IDX image file, an image, or a folder of images)")
         if len(files) == 1 and files[0].suffix.lower() not in IMAGE_SUFFIXES:
             images = read_idx(files[0])
             if images.ndim != 3:

@@ -39,11 +39,11 @@ from PIL import Image, UnidentifiedImageError
 from trainer.errors import UserError
 
 from . import image_augment as aug
-from .base import BatchPlan, ClassBalancedBatches, ClassifiedData, RandomBatches, per_sample_uniform
+from .base import (IMAGE_SUFFIXES, BatchPlan, ClassBalancedBatches, ClassifiedData, RandomBatches, image_inputs,
+                   images_in, per_sample_uniform)
 
 log = logging.getLogger("trainer")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VAL_NAMES = ("val", "valid", "validation")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,10 +67,6 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise UserError(f"cannot decode image {path}: {type(e).__name__}: {e}; remove or replace the file") from None
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def scan_class_folders(folder: Path, class_names: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
     """(paths, labels, class names) of folder/<class>/... ; `class_names` fixes the classes (val/test folders)."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -83,7 +79,7 @@ def scan_class_folders(folder: Path, class_names: list[str] | None = None) -> tu
     names = class_names if class_names is not None else classes
     paths, labels = [], []
     for name in classes:
-        files = _images_in(folder / name)
+        files = images_in(folder / name)
         if not files:
             raise UserError(f"class folder {folder / name} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                             f"add images or remove the folder")
@@ -331,14 +327,7 @@ class ImageFolderData(ClassifiedData):
     # ---- new inputs (mode=predict) ----
     def predict_dataset(self, source: str) -> ImageSet:
         path = Path(source)
-        if path.is_dir():
-            files = _images_in(path)
-            if not files:
-                raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
-        elif path.is_file():
-            files = [path]
-        else:
-            raise UserError(f"input not found: {path} (an image or a folder of images)")
+        files = image_inputs(path, f"input not found: {path} (an image or a folder of images)")
         return ImageSet(files, None, self.load_size, cache=False, transform=self.eval_transform)
 
     def write_predictions(self, dataset, predictions, out) -> None:
