@@ -13,7 +13,8 @@ import torch
 from datasets.base import BucketBatches
 from datasets.cws_formats import (B, E, M, S, decode_utf8, parse_people_daily, parse_segmented,
                                   read_user_dictionary, split_clauses, tags_to_words, word_tags, write_segmented)
-from datasets.segmentation import IGNORE, UNK, ClauseTable, Sentence, SentenceDataset, Vocabulary
+from datasets.segmentation import (IGNORE, PAD, UNK, BigramVocabulary, ClauseTable, PeopleDaily, Sentence,
+                                   SentenceDataset, Vocabulary)
 from models.heads.cws_dictionary import UserDictionary
 from models.heads.sbme_tagger import ALLOWED, TAGS, SbmeTagger
 from models.heads.sighan_score import COUNTS, lcs_alignment, line_counts, score_lines, scores
@@ -81,6 +82,41 @@ def test_vocabulary_drops_characters_seen_once():
     vocab = Vocabulary.build(["甲乙甲", "丙乙"], min_count=2)
     assert set(vocab.chars) == {"甲", "乙"} and len(vocab) == 4
     assert vocab.encode("甲丙乙").tolist() == [vocab.chars.index("甲") + 2, UNK, vocab.chars.index("乙") + 2]
+
+
+def test_bigram_vocabulary_keeps_pairs_seen_twice_with_clause_ends_paired_with_padding():
+    sentences = [Sentence("甲乙，甲乙", ["甲乙", "，", "甲乙"]), Sentence("丙甲乙", ["丙", "甲乙"])]
+    vocab = Vocabulary.build(["甲乙丙，"], 1)
+    table = ClauseTable(sentences, vocab, "，", "t")  # clauses 甲乙， | 甲乙 | 丙甲乙
+    bigrams = BigramVocabulary.build(table, len(vocab), min_count=2)
+    a, b, c, comma = (vocab.encode(ch)[0] for ch in "甲乙丙，")
+    V = len(vocab)
+    # seen at least twice: ^甲 (twice), 甲乙 (3 times), 乙$ (twice); once: 乙，  ，$  ^丙  丙甲
+    assert bigrams.keys.tolist() == sorted([PAD * V + a, a * V + b, b * V + PAD])
+    ids = bigrams.encode(table)  # (characters, 2): the pair ending at each character, the pair starting at it
+    known = dict(zip(bigrams.keys.tolist(), range(2, len(bigrams))))
+    left = [known[PAD * V + a], known[a * V + b], UNK, known[PAD * V + a], known[a * V + b], UNK, UNK, known[a * V + b]]
+    right = [known[a * V + b], UNK, UNK, known[a * V + b], known[b * V + PAD], UNK, known[a * V + b], known[b * V + PAD]]
+    assert ids[:, 0].tolist() == left and ids[:, 1].tolist() == right
+    assert len(bigrams) == 5
+
+
+def test_bigram_ids_travel_in_x_and_with_the_checkpoint_state(tmp_path):
+    path = tmp_path / "pd.txt"
+    path.write_text("".join("甲/n  乙/n  ，/w  丙/n  丁/n\n" for _ in range(20)), encoding="utf-8")
+    data = PeopleDaily(str(path), val_fraction=0.1, test_fraction=0.1, bigram_min_count=2, batch_size=4, seed=0)
+    data.setup()
+    assert data.info["bigram_vocab_size"] == len(data.bigrams) == 2 + 7  # ^甲 甲乙 乙， ，$ ^丙 丙丁 丁$
+    batch = data.splits["test"].__getitems__([0])
+    assert batch["x"].shape == (2, 3, 3) and batch["x"][1, 2].tolist() == [PAD, PAD, PAD]
+    assert (batch["x"][:, :2, 1:] >= 2).all()  # every bigram of the test lines was seen in training
+    restored = PeopleDaily(str(path), val_fraction=0.1, test_fraction=0.1, bigram_min_count=2)
+    restored.load_state_dict(data.state_dict())
+    restored.setup()
+    assert torch.equal(restored.splits["test"].__getitems__([0])["x"], batch["x"])
+    chars_only = PeopleDaily(str(path), val_fraction=0.1, test_fraction=0.1, bigram_min_count=0)
+    chars_only.setup()
+    assert chars_only.info["bigram_vocab_size"] == 0 and chars_only.splits["test"].__getitems__([0])["x"].ndim == 2
 
 
 def test_clause_table_pads_and_sentence_batches_group_clauses():
@@ -208,16 +244,21 @@ def test_head_dictionary_keeps_a_split_word_whole_and_splits_a_whole_one(tmp_pat
 
 
 # ---- models ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model", [
-    SegFCN(50),
-    SegResFCN(50, embedding_dim=16, bigram_buckets=97, bigram_dim=8, channels=16, dilations=(1, 2)),
-    SegResFCN(50, embedding_dim=16, channels=16, dilations=(1,), crf=False),
+@pytest.mark.parametrize("model, features", [
+    (SegFCN(50), 1),
+    (SegFCN(50), 3),
+    (SegResFCN(50, embedding_dim=16, bigram_vocab_size=97, bigram_dim=8, channels=16, dilations=(1, 2)), 3),
+    (SegResFCN(50, embedding_dim=16, channels=16, dilations=(1,), crf=False), 1),
 ])
-def test_a_clause_scores_the_same_alone_or_padded_in_a_batch(model):
+def test_a_clause_scores_the_same_alone_or_padded_in_a_batch(model, features):
+    """Characters (B, T), or (B, T, 3) with bigram ids as the data gives them with dataset.bigram_min_count > 0."""
     model.eval()
     torch.manual_seed(0)
-    short, long = torch.randint(2, 50, (1, 4)), torch.randint(2, 50, (1, 9))
-    batch = torch.cat([torch.nn.functional.pad(short, (0, 5)), long])
+    short, long = torch.randint(2, 50, (1, 4, features)), torch.randint(2, 50, (1, 9, features))
+    if features == 1:
+        short, long = short[..., 0], long[..., 0]
+    pad = (0, 0, 0, 5) if features == 3 else (0, 5)
+    batch = torch.cat([torch.nn.functional.pad(short, pad), long])
     alone, together = model(short), model(batch)
     if isinstance(alone, dict):
         alone, together = alone["emissions"], together["emissions"]

@@ -34,7 +34,7 @@ def write_people_daily(path, sentences) -> None:
                     encoding="utf-8")
 
 
-TINY_OURS = ["model.embedding_dim=32", "model.channels=32", "model.bigram_buckets=4096", "model.bigram_dim=8",
+TINY_OURS = ["model.embedding_dim=32", "model.channels=32", "model.bigram_dim=8",
              "model.dilations=[1,2]", "model.dropout=0.1", "dataset.batch_size=32", "optim.lr=1e-2"]
 TINY_TRAINER = ["trainer.max_epochs=6", "trainer.max_time=null", "trainer.progress=false",
                 "trainer.log_every_n_steps=20"]

@@ -12,7 +12,10 @@ Training items are clauses (see `cws_formats.clause_pattern`), batched by near-e
 Evaluation and prediction items are whole lines: a line's clauses travel in one batch (under DDP too, where ranks
 split lines, not clauses), so the head can score each line exactly as the bakeoff's `score` script does. The
 vocabulary keeps characters seen at least `min_count` (2) times in the training split; the others share the unknown
-id. It travels with checkpoints (`state_dict`), with the training word list that defines OOV words.
+id. With `bigram_min_count` > 0 the same is done for character bigrams (pairs of adjacent character ids, a clause's
+ends paired with padding), and each character also carries the ids of the bigram ending at it and of the one
+starting at it: `x` is then (clauses, T, 3) = character, left bigram, right bigram. Both vocabularies travel with
+checkpoints (`state_dict`), with the training word list that defines OOV words.
 """
 from __future__ import annotations
 
@@ -68,6 +71,37 @@ class Vocabulary:
         return np.where(self._points[at] == points, self._ids[at], UNK).astype(np.int32)
 
 
+class BigramVocabulary:
+    """Pairs of adjacent character ids -> ids; 0 pads, 1 is every pair seen fewer than `min_count` times in training.
+
+    A pair is keyed `left * vocab_size + right` over character ids (PAD stands for "outside the clause"), so that
+    encoding is one searchsorted over the sorted kept keys. Unseen and rare bigrams share one learned embedding,
+    instead of landing on a random row (what a hashed table gives them, sharing it with some frequent bigram).
+    """
+
+    def __init__(self, keys: np.ndarray, vocab_size: int):
+        self.keys = np.sort(np.asarray(keys, dtype=np.int64))
+        self.vocab_size = vocab_size
+
+    @classmethod
+    def build(cls, table: ClauseTable, vocab_size: int, min_count: int) -> BigramVocabulary:
+        left, right = table.bigram_keys(vocab_size)
+        last = table.starts + table.lengths - 1  # each bigram once: every one is a left one but the end-of-clause pair
+        keys, counts = np.unique(np.concatenate([left, right[last]]), return_counts=True)
+        return cls(keys[counts >= min_count], vocab_size)
+
+    def __len__(self) -> int:
+        return len(self.keys) + 2
+
+    def encode(self, table: ClauseTable) -> np.ndarray:
+        """(characters, 2): the id of the bigram ending at each character of `table` and of the one starting at it."""
+        keys = np.stack(table.bigram_keys(self.vocab_size), 1)
+        if not len(self.keys):
+            return np.full(keys.shape, UNK, dtype=np.int32)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[at] == keys, at + 2, UNK).astype(np.int32)
+
+
 @dataclass
 class Sentence:
     """One line: its text (whitespace = forced word boundaries) and, when known, its gold words."""
@@ -109,19 +143,32 @@ class ClauseTable:
         self.sentence_counts = counts
         self.sentence_first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.gold = [s.gold for s in sentences] if self.has_gold else None
+        self.bigram_ids: np.ndarray | None = None  # (characters, 2), set by a DataModule with a BigramVocabulary
+
+    def bigram_keys(self, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys (see BigramVocabulary) of the bigram ending at each character and of the one starting at it."""
+        ids = self.ids.astype(np.int64)
+        prev, nxt = np.roll(ids, 1), np.roll(ids, -1)
+        if len(ids):
+            prev[self.starts] = PAD
+            nxt[self.starts + self.lengths - 1] = PAD
+        return prev * vocab_size + ids, ids * vocab_size + nxt
 
     def batch(self, clauses: np.ndarray) -> dict[str, Any]:
-        """Padded ids (n, T), tags (n, T; IGNORE on padding) and lengths of the given clauses."""
+        """Padded ids (n, T), or (n, T, 3) with bigram ids, tags (n, T; IGNORE on padding) and lengths of the given
+        clauses."""
         lengths = self.lengths[clauses]
         width = max(int(lengths.max()) if len(lengths) else 0, 1)
         steps = np.arange(width)
         valid = steps[None, :] < lengths[:, None]
         positions = np.where(valid, self.starts[clauses][:, None] + steps[None, :], 0)
         out = {"lengths": torch.from_numpy(lengths)}
-        if len(self.ids):
-            out["x"] = torch.from_numpy(np.where(valid, self.ids[positions], PAD).astype(np.int64))
+        ids = self.ids if self.bigram_ids is None else np.concatenate([self.ids[:, None], self.bigram_ids], 1)
+        if len(ids):
+            x = np.where(valid if ids.ndim == 1 else valid[..., None], ids[positions], PAD)
         else:
-            out["x"] = torch.zeros((len(clauses), width), dtype=torch.int64)
+            x = np.zeros((len(clauses), width, *ids.shape[1:]), dtype=np.int64)
+        out["x"] = torch.from_numpy(x.astype(np.int64))
         if self.tags is not None:
             y = np.where(valid, self.tags[positions], IGNORE) if len(self.tags) else np.full(valid.shape, IGNORE)
             out["y"] = torch.from_numpy(y.astype(np.int64))
@@ -192,14 +239,18 @@ class SentenceDataset(Dataset):
 class SegmentationData(DataModule):
     """Base of the segmentation DataModules: subclasses `read()` their splits as lists of `Sentence`s."""
 
-    def __init__(self, min_count: int = 2, punctuation: str = CLAUSE_PUNCTUATION, max_tokens: int | None = None,
-                 train_eval_size: int = 0, **loader: Any):
+    def __init__(self, min_count: int = 2, bigram_min_count: int = 0, punctuation: str = CLAUSE_PUNCTUATION,
+                 max_tokens: int | None = None, train_eval_size: int = 0, **loader: Any):
         super().__init__(**loader)
         if min_count < 1:
             raise UserError(f"dataset.min_count={min_count}: must be >= 1")
-        self.min_count, self.punctuation, self.max_tokens = min_count, punctuation, max_tokens
+        if bigram_min_count < 0:
+            raise UserError(f"dataset.bigram_min_count={bigram_min_count}: must be >= 1, or 0 for no bigram ids")
+        self.min_count, self.bigram_min_count = min_count, bigram_min_count
+        self.punctuation, self.max_tokens = punctuation, max_tokens
         self.train_eval_size = train_eval_size
         self.vocab: Vocabulary | None = None
+        self.bigrams: BigramVocabulary | None = None
         self.train_words: frozenset[str] | None = None
         self._splits: dict[str, Dataset] | None = {}
 
@@ -230,7 +281,8 @@ class SegmentationData(DataModule):
     def _build_splits(self) -> dict[str, Dataset]:
         sentences = self.read()
         train = [s for s in sentences.get("train", []) if s.gold]  # empty lines carry nothing to learn
-        if self.vocab is None:  # no checkpoint state: build from the training split
+        fresh = self.vocab is None
+        if fresh:  # no checkpoint state: build from the training split
             if not train:
                 raise UserError("no training text: the vocabulary comes from the training split (or from a "
                                 "checkpoint, with ckpt=PATH)")
@@ -239,7 +291,10 @@ class SegmentationData(DataModule):
                                          for w in s.gold)
         splits: dict[str, Dataset] = {}
         if train:
-            splits["train"] = ClauseDataset(ClauseTable(train, self.vocab, self.punctuation, "train"))
+            table = ClauseTable(train, self.vocab, self.punctuation, "train")
+            if fresh and self.bigram_min_count:
+                self.bigrams = BigramVocabulary.build(table, len(self.vocab), self.bigram_min_count)
+            splits["train"] = ClauseDataset(self._with_bigrams(table))
             if self.train_eval_size:
                 splits["train_eval"] = self._sentences(train[: self.train_eval_size], "train_eval")
         for split in ("val", "test"):
@@ -248,21 +303,34 @@ class SegmentationData(DataModule):
         return splits
 
     def _sentences(self, sentences: list[Sentence], source: str) -> SentenceDataset:
-        return SentenceDataset(ClauseTable(sentences, self.vocab, self.punctuation, source), self.train_words)
+        table = ClauseTable(sentences, self.vocab, self.punctuation, source)
+        return SentenceDataset(self._with_bigrams(table), self.train_words)
+
+    def _with_bigrams(self, table: ClauseTable) -> ClauseTable:
+        if self.bigrams is not None:
+            table.bigram_ids = self.bigrams.encode(table)
+        return table
 
     @property
     def info(self) -> dict[str, Any]:
-        return {"vocab_size": len(self.vocab), "num_tags": 4}
+        return {"vocab_size": len(self.vocab), "num_tags": 4,
+                "bigram_vocab_size": len(self.bigrams) if self.bigrams is not None else 0}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"chars": self.vocab.chars, "train_words": sorted(self.train_words), "punctuation": self.punctuation}
+        state = {"chars": self.vocab.chars, "train_words": sorted(self.train_words), "punctuation": self.punctuation}
+        if self.bigrams is not None:
+            state["bigram_keys"] = torch.from_numpy(self.bigrams.keys)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
         vocab = Vocabulary(state["chars"])
-        same = self.vocab is not None and self.vocab.chars == vocab.chars
-        self.vocab, self.train_words = vocab, frozenset(state["train_words"])
+        keys = state.get("bigram_keys")
+        bigrams = BigramVocabulary(keys.numpy(), len(vocab)) if keys is not None else None
+        same = (self.vocab is not None and self.vocab.chars == vocab.chars and (self.bigrams is None) == (bigrams is None)
+                and (bigrams is None or np.array_equal(self.bigrams.keys, bigrams.keys)))
+        self.vocab, self.bigrams, self.train_words = vocab, bigrams, frozenset(state["train_words"])
         self.punctuation = state.get("punctuation", self.punctuation)
         if self._splits and not same:  # set up before (resume): encode again with the checkpoint's vocabulary
             self._splits = None

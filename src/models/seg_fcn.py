@@ -28,7 +28,10 @@ class SegFCN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Character ids (B, T), 0 = padding -> tag scores (B, T, num_tags)."""
+        """Character ids (B, T), 0 = padding -> tag scores (B, T, num_tags). Bigram ids that the data may add as
+        x[..., 1:] of a (B, T, 3) input are not used: the original has characters only."""
+        if x.ndim == 3:
+            x = x[..., 0]
         mask = (x != 0).unsqueeze(1).to(self.embedding.weight.dtype)  # (B, 1, T)
         h = self.dropout(self.embedding(x)).transpose(1, 2)
         for conv in self.convs[:-1]:

@@ -1,10 +1,10 @@
 """Our segmenter: a deeper, gated, residual fully convolutional s/b/m/e tagger, with n-gram embeddings and a CRF.
 
-- Input: each character's embedding, concatenated with the embedding of the character bigram that starts at it
-  and of the one that ends at it. Bigram ids are hashed from the two character ids into `bigram_buckets` rows
-  (the hashing trick, Weinberger et al., 2009), so the model needs nothing but character ids. Character bigrams
-  are the strongest single feature for Chinese segmentation (Pei, Ge & Chang, 2014; Chen et al., 2015); as a
-  lookup they cost no multiply-adds, which matters on a CPU.
+- Input: each character's embedding, concatenated with the embeddings of the character bigram that ends at it and
+  of the one that starts at it. The data supplies the bigram ids from its bigram vocabulary (bigrams seen at least
+  twice in training; the rest share one "unknown" row), as x[..., 1:] of a (B, T, 3) input. Character bigrams are
+  the strongest single feature for Chinese segmentation (Pei, Ge & Chang, 2014; Chen et al., 2015); as a lookup
+  they cost no multiply-adds, which matters on a CPU.
 - Body: gated residual convolution blocks as in the gated CNN segmenter of Wang & Xu (2017, "Convolutional Neural
   Network with Word Embeddings for Chinese Word Segmentation") and ConvS2S (Gehring et al., 2017): a kernel-3
   convolution to 2C channels, a GLU, dropout, and a residual connection scaled by sqrt(1/2). Dilations widen the
@@ -24,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_HASH = 1_000_003  # odd multiplier of the bigram hash
-
 
 class GatedBlock(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilation: int, dropout: float):
@@ -39,16 +37,16 @@ class GatedBlock(nn.Module):
 
 
 class SegResFCN(nn.Module):
-    def __init__(self, vocab_size: int, num_tags: int = 4, embedding_dim: int = 128, bigram_buckets: int = 0,
+    def __init__(self, vocab_size: int, num_tags: int = 4, embedding_dim: int = 128, bigram_vocab_size: int = 0,
                  bigram_dim: int = 64, channels: int = 256, kernel_size: int = 3,
                  dilations: Sequence[int] = (1, 2, 1, 2), dropout: float = 0.2, embedding_dropout: float = 0.1,
                  crf: bool = True):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
-        self.bigram_buckets = bigram_buckets
+        self.bigram_vocab_size = bigram_vocab_size
         width = embedding_dim
-        if bigram_buckets:
-            self.bigrams = nn.Embedding(bigram_buckets, bigram_dim)
+        if bigram_vocab_size:
+            self.bigrams = nn.Embedding(bigram_vocab_size, bigram_dim, padding_idx=0)
             width += 2 * bigram_dim
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         self.project = nn.Conv1d(width, channels, 1)
@@ -61,19 +59,16 @@ class SegResFCN(nn.Module):
             self.end = nn.Parameter(torch.zeros(num_tags))
         self.crf = crf
 
-    def bigram_ids(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hashed ids of the bigram starting at each character and of the one ending at it; past either end of the
-        clause, the padding id stands in (so the first and last characters get start- and end-of-clause bigrams)."""
-        nxt, prev = F.pad(x[:, 1:], (0, 1)), F.pad(x[:, :-1], (1, 0))
-        return (x * _HASH + nxt) % self.bigram_buckets, (prev * _HASH + x) % self.bigram_buckets
-
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, Any]:
-        """Character ids (B, T), 0 = padding -> tag scores (B, T, num_tags), or a dict with CRF scores."""
-        mask = (x != 0).unsqueeze(1).to(self.embedding.weight.dtype)  # (B, 1, T)
-        parts = [self.embedding(x)]
-        if self.bigram_buckets:
-            right, left = self.bigram_ids(x)
-            parts += [self.bigrams(right), self.bigrams(left)]
+        """Character ids (B, T), or (B, T, 3) with the ids of each character's left and right bigrams; 0 = padding
+        -> tag scores (B, T, num_tags), or a dict with CRF scores."""
+        chars = x[..., 0] if x.ndim == 3 else x
+        mask = (chars != 0).unsqueeze(1).to(self.embedding.weight.dtype)  # (B, 1, T)
+        parts = [self.embedding(chars)]
+        if self.bigram_vocab_size:
+            if x.ndim != 3:
+                raise ValueError("model.bigram_vocab_size > 0 needs bigram ids in the input: set dataset.bigram_min_count")
+            parts.append(self.bigrams(x[..., 1:]).flatten(2))
         h = self.embedding_dropout(torch.cat(parts, -1)).transpose(1, 2) * mask
         h = self.project(h) * mask
         for block in self.blocks:
