@@ -114,6 +114,13 @@ def test_bigram_ids_travel_in_x_and_with_the_checkpoint_state(tmp_path):
     restored.load_state_dict(data.state_dict())
     restored.setup()
     assert torch.equal(restored.splits["test"].__getitems__([0])["x"], batch["x"])
+    splits = data.splits
+    data.load_state_dict(data.state_dict())  # resume with the same vocabularies: the encoded splits are kept
+    assert data.splits is splits
+    other = data.state_dict()
+    other["bigram_keys"] = other["bigram_keys"][:-1]
+    data.load_state_dict(other)  # different ones: encoded again
+    assert data.splits is not splits and len(data.bigrams) == 2 + 6
     chars_only = PeopleDaily(str(path), val_fraction=0.1, test_fraction=0.1, bigram_min_count=0)
     chars_only.setup()
     assert chars_only.info["bigram_vocab_size"] == 0 and chars_only.splits["test"].__getitems__([0])["x"].ndim == 2
@@ -244,6 +251,11 @@ def test_head_dictionary_keeps_a_split_word_whole_and_splits_a_whole_one(tmp_pat
 
 
 # ---- models ---------------------------------------------------------------------------------------------------------
+def test_bigram_model_without_bigram_ids_is_a_user_error():
+    with pytest.raises(UserError, match="dataset.bigram_min_count"):
+        SegResFCN(50, bigram_vocab_size=10)(torch.ones(1, 3, dtype=torch.long))
+
+
 @pytest.mark.parametrize("model, features", [
     (SegFCN(50), 1),
     (SegFCN(50), 3),

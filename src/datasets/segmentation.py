@@ -42,6 +42,15 @@ def codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
 
 
+def lookup(keys: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """The id of each query among the sorted `keys` (ids[i] for keys[i]), UNK where it is not one of them: encoding
+    is one searchsorted, not a Python loop."""
+    if not len(keys):
+        return np.full(queries.shape, UNK, dtype=np.int32)
+    at = np.minimum(np.searchsorted(keys, queries), len(keys) - 1)
+    return np.where(keys[at] == queries, ids[at], UNK).astype(np.int32)
+
+
 class Vocabulary:
     """Characters -> ids; 0 pads, 1 is every character seen fewer than `min_count` times in training."""
 
@@ -64,11 +73,7 @@ class Vocabulary:
         return len(self.chars) + 2
 
     def encode(self, text: str) -> np.ndarray:
-        points = codepoints(text)
-        if not len(self._points):
-            return np.full(len(points), UNK, dtype=np.int32)
-        at = np.minimum(np.searchsorted(self._points, points), len(self._points) - 1)
-        return np.where(self._points[at] == points, self._ids[at], UNK).astype(np.int32)
+        return lookup(self._points, self._ids, codepoints(text))
 
 
 class BigramVocabulary:
@@ -82,6 +87,7 @@ class BigramVocabulary:
     def __init__(self, keys: np.ndarray, vocab_size: int):
         self.keys = np.sort(np.asarray(keys, dtype=np.int64))
         self.vocab_size = vocab_size
+        self._ids = np.arange(2, len(self.keys) + 2, dtype=np.int32)
 
     @classmethod
     def build(cls, table: ClauseTable, vocab_size: int, min_count: int) -> BigramVocabulary:
@@ -95,11 +101,7 @@ class BigramVocabulary:
 
     def encode(self, table: ClauseTable) -> np.ndarray:
         """(characters, 2): the id of the bigram ending at each character of `table` and of the one starting at it."""
-        keys = np.stack(table.bigram_keys(self.vocab_size), 1)
-        if not len(self.keys):
-            return np.full(keys.shape, UNK, dtype=np.int32)
-        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
-        return np.where(self.keys[at] == keys, at + 2, UNK).astype(np.int32)
+        return lookup(self.keys, self._ids, np.stack(table.bigram_keys(self.vocab_size), 1))
 
 
 @dataclass
@@ -143,7 +145,11 @@ class ClauseTable:
         self.sentence_counts = counts
         self.sentence_first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.gold = [s.gold for s in sentences] if self.has_gold else None
-        self.bigram_ids: np.ndarray | None = None  # (characters, 2), set by a DataModule with a BigramVocabulary
+        self.inputs = self.ids  # what batches carry as x: (characters,), or (characters, 3) after add_bigram_ids
+
+    def add_bigram_ids(self, bigram_ids: np.ndarray) -> None:
+        """Carry each character's (left, right) bigram ids beside its id in every batch's x."""
+        self.inputs = np.concatenate([self.ids[:, None], bigram_ids], 1)
 
     def bigram_keys(self, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Keys (see BigramVocabulary) of the bigram ending at each character and of the one starting at it."""
@@ -163,7 +169,7 @@ class ClauseTable:
         valid = steps[None, :] < lengths[:, None]
         positions = np.where(valid, self.starts[clauses][:, None] + steps[None, :], 0)
         out = {"lengths": torch.from_numpy(lengths)}
-        ids = self.ids if self.bigram_ids is None else np.concatenate([self.ids[:, None], self.bigram_ids], 1)
+        ids = self.inputs
         if len(ids):
             x = np.where(valid if ids.ndim == 1 else valid[..., None], ids[positions], PAD)
         else:
@@ -308,7 +314,7 @@ class SegmentationData(DataModule):
 
     def _with_bigrams(self, table: ClauseTable) -> ClauseTable:
         if self.bigrams is not None:
-            table.bigram_ids = self.bigrams.encode(table)
+            table.add_bigram_ids(self.bigrams.encode(table))
         return table
 
     @property
@@ -325,15 +331,20 @@ class SegmentationData(DataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
-        vocab = Vocabulary(state["chars"])
+        before = self._encoding()
+        self.vocab = Vocabulary(state["chars"])
         keys = state.get("bigram_keys")
-        bigrams = BigramVocabulary(keys.numpy(), len(vocab)) if keys is not None else None
-        same = (self.vocab is not None and self.vocab.chars == vocab.chars and (self.bigrams is None) == (bigrams is None)
-                and (bigrams is None or np.array_equal(self.bigrams.keys, bigrams.keys)))
-        self.vocab, self.bigrams, self.train_words = vocab, bigrams, frozenset(state["train_words"])
+        self.bigrams = BigramVocabulary(keys.numpy(), len(self.vocab)) if keys is not None else None
+        self.train_words = frozenset(state["train_words"])
         self.punctuation = state.get("punctuation", self.punctuation)
-        if self._splits and not same:  # set up before (resume): encode again with the checkpoint's vocabulary
-            self._splits = None
+        if self._splits and self._encoding() != before:
+            self._splits = None  # set up before (resume): encode again with the checkpoint's vocabularies
+
+    def _encoding(self) -> tuple | None:
+        """What the encoded splits depend on: the character list and the bigram keys."""
+        if self.vocab is None:
+            return None
+        return tuple(self.vocab.chars), None if self.bigrams is None else self.bigrams.keys.tobytes()
 
     def plan(self, split: str, train: bool) -> BatchPlan:
         dataset = self.splits[split]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.errors import UserError
+
 
 class GatedBlock(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilation: int, dropout: float):
@@ -67,7 +69,7 @@ class SegResFCN(nn.Module):
         parts = [self.embedding(chars)]
         if self.bigram_vocab_size:
             if x.ndim != 3:
-                raise ValueError("model.bigram_vocab_size > 0 needs bigram ids in the input: set dataset.bigram_min_count")
+                raise UserError("model.bigram_vocab_size > 0 needs bigram ids in the input: set dataset.bigram_min_count")
             parts.append(self.bigrams(x[..., 1:]).flatten(2))
         h = self.embedding_dropout(torch.cat(parts, -1)).transpose(1, 2) * mask
         h = self.project(h) * mask
