@@ -115,6 +115,7 @@ def test_faithful_fcn_trains_on_icwb2_files(workdir, corpus):
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "ok" and 0 <= results["test"]["test/f1"] <= 1
     assert "SegFCN" in (run / "run.log").read_text()
+    assert "bigram_keys" not in torch.load(run / "checkpoints" / "best.pt", weights_only=True)["data"]
 
 
 # ---- bad input: one clear line, exit code 2 ----------------------------------------------------------------------
