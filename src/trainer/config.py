@@ -30,6 +30,7 @@ class TrainerConfig:
     # Optimisation.
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
+    ema_decay: Optional[float] = None  # e.g. 0.999: validate, keep and test an average of the weights (timm, Keras)
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only)
     device: str = "auto"  # auto = CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
     deterministic: bool = False
@@ -74,6 +75,8 @@ def _check(cfg: TrainerConfig, where: str) -> None:
         raise bad("device", f"'{cfg.device}' is not one of auto, cpu, cuda, cuda:N, mps")
     if cfg.max_epochs < 1 and cfg.max_steps < 1:
         raise bad("max_epochs", "needs max_epochs >= 1 or max_steps >= 1")
+    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
+        raise bad("ema_decay", f"{cfg.ema_decay} is not in (0, 1); null turns the average off")
     if cfg.accumulate_grad_batches < 1:
         raise bad("accumulate_grad_batches", "must be >= 1")
     if cfg.val_every_n_epochs < 1:

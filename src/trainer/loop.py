@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from .callbacks import MonitorTracker, NonFiniteGuard
 from .config import TrainerConfig, parse_duration
+from .ema import WeightEMA
 from .errors import UserError
 from .progress import ProgressBar
 
@@ -223,6 +224,10 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         ckpt.set_rng_state(resume["rng"])
         log.info(f"resumed stage '{stage.name}' at epoch {counters.epoch + 1}, step {counters.step}")
     guard.last_checked_step = counters.step
+    ema = WeightEMA(net, tcfg.ema_decay) if tcfg.ema_decay else None
+    if ema is not None and resume is not None and resume.get("ema") is not None:
+        ema.load_state_dict(resume["ema"])
+    averaged_weights = ema.swapped_in if ema is not None else contextlib.nullcontext  # what val, best.pt, test see
 
     model = net
     if dist.is_distributed():
@@ -237,7 +242,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             ckpt.save_atomic({
                 "net": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None, "scaler": scaler.state_dict(),
-                "tracker": tracker.state_dict(), "rng": ckpt.rng_state(), "counters": asdict(counters),
+                "ema": ema.state_dict() if ema is not None else None, "tracker": tracker.state_dict(), "rng": ckpt.rng_state(), "counters": asdict(counters),
                 "data": data.state_dict(), "config": stage.config_yaml,
             }, last_path)
         for logger in stage.loggers:
@@ -258,18 +263,19 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         """Evaluate, log, keep the best weights; True when early stopping says stop."""
         nonlocal last_val_step
         guard.check(counters.step, str(last_path) if main else "")
-        metrics = {f"val/{k}": v for k, v in evaluate(net, val_loader, device, tcfg.precision, split="val").items()}
-        net.head.on_validation_end("val", stage.run_dir)
-        for split, loader in extra_loaders.items():
-            scores = evaluate(net, loader, device, tcfg.precision, split=split)
-            metrics.update({f"{split}/{k}": v for k, v in scores.items()})
+        with averaged_weights():
+            metrics = {f"val/{k}": v for k, v in evaluate(net, val_loader, device, tcfg.precision, split="val").items()}
+            net.head.on_validation_end("val", stage.run_dir)
+            for split, loader in extra_loaders.items():
+                scores = evaluate(net, loader, device, tcfg.precision, split=split)
+                metrics.update({f"{split}/{k}": v for k, v in scores.items()})
+            improved = tracker.update(metrics)
+            if improved:
+                save_weights(stage.best_path, epoch)
         log_metrics(metrics, epoch)
-        improved = tracker.update(metrics)
         last_val_step = counters.step
         log.info(f"[{stage.name}] epoch {epoch} step {counters.step}: "
                  + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + ("  (best)" if improved else ""))
-        if improved:
-            save_weights(stage.best_path, epoch)
         return tracker.should_stop
 
     # ---- the loop ------------------------------------------------------------------------------------------------
@@ -323,6 +329,8 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
+            if ema is not None:
+                ema.update()
             counters.step += 1
             counters.global_step += 1
 
@@ -369,7 +377,8 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
 
     progress.close()
     if val_loader is None:
-        save_weights(stage.best_path, counters.epoch)  # nothing to select on: the final weights are the best
+        with averaged_weights():
+            save_weights(stage.best_path, counters.epoch)  # nothing to select on: the final weights are the best
     save_last(done=True)
     log.info(f"[{stage.name}] finished ({stop_reason or f'max_epochs={max_epochs}'}): {counters.step} steps in "
              f"{counters.train_seconds:.0f}s; best {monitor} = {tracker.best}")
