@@ -5,6 +5,7 @@ prints. Outside torchrun every helper degrades to the single-process case.
 """
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -51,8 +52,18 @@ def init_from_env() -> None:
 
 
 def shutdown() -> None:
+    """Tear the process group down while the interpreter is still whole.
+
+    A DistributedDataParallel wrapper left in a reference cycle keeps gloo's group and its worker threads alive until
+    interpreter finalisation, where freeing them can abort the process ("terminate called without an active
+    exception", seen about once in 20 two-rank runs on a loaded CPU). So: collect such cycles now, wait until every
+    rank is done with its collectives, then destroy the group.
+    """
     if is_distributed():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def broadcast_object(obj):
