@@ -242,8 +242,9 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             ckpt.save_atomic({
                 "net": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None, "scaler": scaler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None, "tracker": tracker.state_dict(), "rng": ckpt.rng_state(), "counters": asdict(counters),
-                "data": data.state_dict(), "config": stage.config_yaml,
+                "ema": ema.state_dict() if ema is not None else None, "tracker": tracker.state_dict(),
+                "rng": ckpt.rng_state(), "counters": asdict(counters), "data": data.state_dict(),
+                "config": stage.config_yaml,
             }, last_path)
         for logger in stage.loggers:
             logger.flush()
@@ -264,7 +265,8 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         nonlocal last_val_step
         guard.check(counters.step, str(last_path) if main else "")
         with averaged_weights():
-            metrics = {f"val/{k}": v for k, v in evaluate(net, val_loader, device, tcfg.precision, split="val").items()}
+            scores = evaluate(net, val_loader, device, tcfg.precision, split="val")
+            metrics = {f"val/{k}": v for k, v in scores.items()}
             net.head.on_validation_end("val", stage.run_dir)
             for split, loader in extra_loaders.items():
                 scores = evaluate(net, loader, device, tcfg.precision, split=split)
