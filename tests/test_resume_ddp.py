@@ -69,3 +69,13 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(workdir):
     ddp = final_weights(next(iter(new)))
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_an_error_on_every_rank_is_one_line_under_torchrun(workdir):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer"]
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "dataset.batch_size=33", cmd=torchrun, timeout=400, check=False)
+    assert proc.returncode != 0
+    assert "error: dataset.batch_size=33 is the global batch; it must divide by 2 ranks" in proc.stdout + proc.stderr
+    # each rank exits (torchrun may SIGTERM the slower one once the first has failed); none aborts
+    assert "terminate called" not in proc.stderr and "(SIGABRT)" not in proc.stderr

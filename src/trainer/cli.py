@@ -219,6 +219,7 @@ def job(cfg) -> dict:
         _failures.append(message)
         if multirun and not isinstance(e, KeyboardInterrupt):
             return {"status": "failed", "error": message}
+        dist.shutdown(wait=False)
         sys.exit(code)
 
 
