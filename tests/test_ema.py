@@ -10,7 +10,7 @@ from test_fit import toy_stage
 from trainer.config import trainer_config
 from trainer.ema import WeightEMA
 from trainer.errors import UserError
-from trainer.loop import Counters, TaskNet, fit
+from trainer.loop import Counters, TaskNet, evaluate, fit
 
 
 class HeadWithSetting(nn.Module):
@@ -47,6 +47,9 @@ def test_average_follows_the_warmed_up_recursion_and_the_swap_restores_the_live_
     other = WeightEMA(net, decay=0.9)
     other.load_state_dict(ema.state_dict())
     assert other.updates == 5 and all(torch.equal(a, b) for a, b in zip(other.shadow, ema.shadow))
+    net.model[0].bias.requires_grad_(True)  # resumed with other trainable weights: a one-line error, not a mix-up
+    with pytest.raises(UserError, match=r"does not fit this stage's trainable weights \(differing: model.0.bias\)"):
+        WeightEMA(net, decay=0.9).load_state_dict(ema.state_dict())
 
 
 def test_fit_validates_and_saves_the_average_and_trains_on_the_live_weights(tmp_path):
@@ -62,6 +65,8 @@ def test_fit_validates_and_saves_the_average_and_trains_on_the_live_weights(tmp_
     with averaged.swapped_in():
         for k, v in stage.net.state_dict().items():  # best.pt (one validation, at the end) holds the average
             torch.testing.assert_close(best["net"][k], v, msg=k)
+        scores = evaluate(stage.net, stage.data.loader("val"), torch.device("cpu"), "fp32", split="val")
+    assert best["best"] == scores["acc"]  # what was validated is the average
     w = "model.4.weight"
     assert not torch.equal(best["net"][w], last["net"][w])
 
@@ -77,10 +82,24 @@ def test_resumed_average_continues_exactly(tmp_path):
     a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["ema"]
     b = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=True)["ema"]
     assert a["updates"] == b["updates"] == 8
-    for x, y in zip(a["shadow"], b["shadow"]):
-        torch.testing.assert_close(x, y)
+    assert list(a["shadow"]) == list(b["shadow"])
+    for name in a["shadow"]:
+        torch.testing.assert_close(a["shadow"][name], b["shadow"][name], msg=name)
 
 
 def test_decay_outside_zero_one_is_a_config_error():
     with pytest.raises(UserError, match=r"trainer.ema_decay.*not in \(0, 1\)"):
         trainer_config(OmegaConf.create({"ema_decay": 1.5}))
+
+
+def test_eval_of_a_run_directory_scores_the_weights_its_test_score_came_from(workdir):
+    import json
+
+    from conftest import TINY_CAPTCHA, cli, latest_run
+
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "trainer.ema_decay=0.9")
+    run = latest_run(workdir)
+    reported = json.loads((run / "results.json").read_text())["test"]
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt={run}", "split=test")
+    scored = json.loads((latest_run(workdir) / "results.json").read_text())["test"]
+    assert scored["test/loss"] == pytest.approx(reported["test/loss"])  # best.pt (the average), not last.pt's weights

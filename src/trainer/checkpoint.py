@@ -34,8 +34,9 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "last.pt", path / "checkpoints" / "best.pt", path / "last.pt"):
+    if path.is_dir():  # a run directory: its best weights, the ones its test score and later stages use
+        candidates = ("checkpoints/best.pt", "checkpoints/last.pt", "best.pt", "last.pt")
+        for candidate in (path / c for c in candidates):
             if candidate.is_file():
                 path = candidate
                 break

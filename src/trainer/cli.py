@@ -10,6 +10,7 @@ Before Hydra takes over, this module does what Hydra's own entry point would do 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -219,7 +220,8 @@ def job(cfg) -> dict:
         _failures.append(message)
         if multirun and not isinstance(e, KeyboardInterrupt):
             return {"status": "failed", "error": message}
-        dist.shutdown(wait=False)
+        with contextlib.suppress(Exception):  # a broken group must not turn the one-line error into a traceback
+            dist.shutdown(wait=False)
         sys.exit(code)
 
 

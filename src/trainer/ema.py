@@ -1,13 +1,15 @@
 """Exponential moving average of the weights, swapped into the net for validation, best.pt and the test.
 
 The same idea as timm's `--model-ema` (ModelEmaV3) and Keras's `use_ema=True`: after every optimizer step,
-ema = decay * ema + (1 - decay) * weights, over the trainable parameters and the model's floating-point buffers
-(batch-norm statistics). Early on the decay is warmed up as timm does, min(decay, (1 + n) / (10 + n)) after n updates,
-so that a short run is not dominated by the random initialisation.
+ema = decay * ema + (1 - decay) * weights. Early on the decay is warmed up as timm does, min(decay, (1 + n) / (10 + n))
+after n updates, so that a short run is not dominated by the random initialisation.
 
-Rather than keep a second copy of the whole net (torch.optim.swa_utils.AveragedModel), the averages are kept as a
-flat list of tensors and swapped into the live net while it is evaluated or saved: the head, whose state some tasks
-set on validation (e.g. an ensemble weight), stays one object.
+What is averaged: every trainable parameter of the net, the head's included (e.g. center-loss centres), and the
+model's floating-point buffers (batch-norm statistics). Not the head's buffers: those are settings a head chooses on
+validation (dog_finetune's blend weight alpha), which must stay what was chosen for the averaged weights.
+
+Rather than keep a second copy of the whole net (torch.optim.swa_utils.AveragedModel), the averages are kept as
+tensors swapped into the live net while it is evaluated or saved, so that the head stays one object.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .errors import UserError
+
 
 class WeightEMA:
     def __init__(self, net: nn.Module, decay: float):
@@ -24,9 +28,11 @@ class WeightEMA:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
-        model = getattr(net, "model", net)  # buffers of the model only: a head's buffers are settings, not weights
-        self.live = [p for p in net.parameters() if p.requires_grad]
-        self.live += [b for b in model.buffers() if b.is_floating_point()]
+        model = getattr(net, "model", None)
+        prefix = "model." if model is not None else ""
+        live = {name: p for name, p in net.named_parameters() if p.requires_grad}
+        live |= {prefix + name: b for name, b in (model or net).named_buffers() if b.is_floating_point()}
+        self.names, self.live = list(live), list(live.values())
         self.shadow = [t.detach().clone() for t in self.live]
 
     @torch.no_grad()
@@ -48,11 +54,16 @@ class WeightEMA:
                 torch._foreach_copy_(self.live, backup)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates, "shadow": [t.clone() for t in self.shadow]}
+        return {"updates": self.updates, "shadow": {n: t.clone() for n, t in zip(self.names, self.shadow)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["shadow"]) != len(self.shadow):
-            raise ValueError(f"EMA state holds {len(state['shadow'])} tensors, this net has {len(self.shadow)}")
+        saved = state["shadow"]
+        differ = sorted(set(saved) ^ set(self.names))
+        differ += [n for n, t in zip(self.names, self.shadow) if n in saved and saved[n].shape != t.shape]
+        if differ:
+            raise UserError(f"the saved weight average does not fit this stage's trainable weights (differing: "
+                            f"{', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}); resume with the "
+                            f"run's own trainable/frozen settings")
         self.updates = state["updates"]
         with torch.no_grad():
-            torch._foreach_copy_(self.shadow, [t.to(s.device) for s, t in zip(self.shadow, state["shadow"])])
+            torch._foreach_copy_(self.shadow, [saved[n].to(s.device) for n, s in zip(self.names, self.shadow)])

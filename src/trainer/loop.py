@@ -224,16 +224,20 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         ckpt.set_rng_state(resume["rng"])
         log.info(f"resumed stage '{stage.name}' at epoch {counters.epoch + 1}, step {counters.step}")
     guard.last_checked_step = counters.step
-    ema = WeightEMA(net, tcfg.ema_decay) if tcfg.ema_decay else None
-    if ema is not None and resume is not None and resume.get("ema") is not None:
-        ema.load_state_dict(resume["ema"])
-    averaged_weights = ema.swapped_in if ema is not None else contextlib.nullcontext  # what val, best.pt, test see
 
     model = net
     if dist.is_distributed():
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if tcfg.compile:
         model = torch.compile(model)
+
+    ema = WeightEMA(net, tcfg.ema_decay) if tcfg.ema_decay else None  # after DDP has given every rank rank 0's weights
+    if ema is not None and resume is not None:
+        if resume.get("ema") is None:
+            log.warning(f"[{stage.name}] last.pt holds no weight average: it starts again from the resumed weights")
+        else:
+            ema.load_state_dict(resume["ema"])
+    averaged_weights = ema.swapped_in if ema is not None else contextlib.nullcontext  # what val, best.pt, test see
 
     def save_last(done: bool = False) -> None:
         guard.check(counters.step, str(last_path) if main else "")
@@ -284,7 +288,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     progress = ProgressBar(enabled=tcfg.progress and main, refresh_s=tcfg.progress_refresh_s)
     autocast = autocast_context(device, tcfg.precision)
     accum = tcfg.accumulate_grad_batches
-    loss_ema = torch.zeros((), device=device)  # smoothed loss for the bar (bias-corrected when shown)
+    loss_smoothed = torch.zeros((), device=device)  # for the bar (bias-corrected when shown)
     interval_loss = torch.zeros((), device=device)  # loss summed since the last log line
     interval_batches, interval_samples, interval_t0 = 0, 0, time.monotonic()
     t_start = time.monotonic() - counters.train_seconds
@@ -314,11 +318,11 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
                 scaler.scale(loss / accum if accum > 1 else loss).backward()
             guard.observe(loss)
             loss = loss.detach().float()
-            loss_ema.lerp_(loss, 0.02)
+            loss_smoothed.lerp_(loss, 0.02)
             interval_loss += loss
             interval_batches += 1
             interval_samples += batch_size_of(batch) * world
-            progress.update(counters.batch_in_epoch, batch_size_of(batch) * world, loss_ema)
+            progress.update(counters.batch_in_epoch, batch_size_of(batch) * world, loss_smoothed)
             if not sync_now:
                 continue
 
