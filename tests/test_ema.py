@@ -71,10 +71,11 @@ def test_fit_validates_and_saves_the_average_and_trains_on_the_live_weights(tmp_
     assert not torch.equal(best["net"][w], last["net"][w])
 
 
-def test_resumed_average_continues_exactly(tmp_path):
+@pytest.mark.parametrize("stop_at", [4, 6])  # the end of epoch 1; the middle of epoch 2 (4 steps an epoch)
+def test_resumed_average_continues_exactly(tmp_path, stop_at):
     whole = toy_stage(tmp_path / "whole", max_epochs=2, ema_decay=0.8)
     fit(whole, torch.device("cpu"), None, Counters())
-    first = toy_stage(tmp_path / "part", max_epochs=2, max_steps=4, ema_decay=0.8)  # stops after epoch 1
+    first = toy_stage(tmp_path / "part", max_epochs=2, max_steps=stop_at, ema_decay=0.8)
     fit(first, torch.device("cpu"), None, Counters())
     resume = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=False)
     rest = toy_stage(tmp_path / "part", max_epochs=2, ema_decay=0.8)
