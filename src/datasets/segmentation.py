@@ -169,11 +169,11 @@ class ClauseTable:
         valid = steps[None, :] < lengths[:, None]
         positions = np.where(valid, self.starts[clauses][:, None] + steps[None, :], 0)
         out = {"lengths": torch.from_numpy(lengths)}
-        ids = self.inputs
-        if len(ids):
-            x = np.where(valid if ids.ndim == 1 else valid[..., None], ids[positions], PAD)
+        inputs = self.inputs
+        if len(inputs):
+            x = np.where(valid if inputs.ndim == 1 else valid[..., None], inputs[positions], PAD)
         else:
-            x = np.zeros((len(clauses), width, *ids.shape[1:]), dtype=np.int64)
+            x = np.zeros((len(clauses), width, *inputs.shape[1:]), dtype=np.int64)
         out["x"] = torch.from_numpy(x.astype(np.int64))
         if self.tags is not None:
             y = np.where(valid, self.tags[positions], IGNORE) if len(self.tags) else np.full(valid.shape, IGNORE)

@@ -39,13 +39,13 @@ class WeightEMA:
     def update(self) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, [t.detach() for t in self.live], 1.0 - decay)
+        torch._foreach_lerp_(self.shadow, self.live, 1.0 - decay)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
         """Inside the block the net holds the averaged weights; its own weights are restored after."""
         with torch.no_grad():
-            backup = [t.detach().clone() for t in self.live]
+            backup = [t.clone() for t in self.live]
             torch._foreach_copy_(self.live, self.shadow)
         try:
             yield
@@ -54,7 +54,7 @@ class WeightEMA:
                 torch._foreach_copy_(self.live, backup)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"updates": self.updates, "shadow": {n: t.clone() for n, t in zip(self.names, self.shadow)}}
+        return {"updates": self.updates, "shadow": dict(zip(self.names, self.shadow))}  # saved at once: no copy
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state["shadow"]
