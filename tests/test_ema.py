@@ -1,11 +1,14 @@
-"""The exponential moving average of the weights: its recursion, the swap, and what fit() validates, saves and resumes."""
+"""The exponential moving average of the weights: the recursion, the swap, and what fit() validates, saves, resumes."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from conftest import TINY_CAPTCHA, cli, latest_run
 from test_fit import toy_stage
 from trainer.config import trainer_config
 from trainer.ema import WeightEMA
@@ -94,10 +97,6 @@ def test_decay_outside_zero_one_is_a_config_error():
 
 
 def test_eval_of_a_run_directory_scores_the_weights_its_test_score_came_from(workdir):
-    import json
-
-    from conftest import TINY_CAPTCHA, cli, latest_run
-
     cli(workdir, "task=captcha", *TINY_CAPTCHA, "trainer.ema_decay=0.9")
     run = latest_run(workdir)
     reported = json.loads((run / "results.json").read_text())["test"]
