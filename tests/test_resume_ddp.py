@@ -74,7 +74,7 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(workdir):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_an_error_on_every_rank_is_one_line_under_torchrun(workdir):
     """The one-line error reaches the user under torchrun. The abort at exit that distributed.shutdown() prevents
-    struck about one two-rank run in 14 on a loaded CPU, so this test catches its return only sometimes."""
+    struck 2 of 68 two-rank runs on a loaded CPU (bench/ddp_exit.py), so this test catches its return only rarely."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer"]
     proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "dataset.batch_size=33", cmd=torchrun, timeout=400, check=False)
     assert proc.returncode != 0
