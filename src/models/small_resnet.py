@@ -11,24 +11,41 @@ module serves the throughput measurements in bench/fashion_models.py. Channels-l
 oneDNN's convolutions are faster in it on this CPU.
 
 `flip_tta`: in eval mode, average the logits of the image and of its horizontal mirror (test-time augmentation),
-which matches training with random horizontal flips.
+which matches training with random horizontal flips; `tta_shift=s` adds the image translated by (+s, +s) and
+(-s, -s) pixels (and their mirrors): airbench's six-view TTA, which matches training with pad-and-crop.
+
+Three options from the fast CIFAR-10 training recipes (Page 2019, "How to train your ResNet 8: bag of tricks";
+Jordan 2024, airbench), which buy accuracy per second on a short schedule:
+  - `whiten=k`: the first layer is a fixed k x k patch-whitening convolution set from training images
+    (models/whitening.py) instead of a learned stem convolution;
+  - `pool_first`: conv -> max-pool -> BN -> act, so BN and the activation run on a quarter of the pixels;
+  - `act="gelu"`: a smooth activation (Page used CELU, airbench GELU).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .whitening import PatchWhitening
 
-def conv_bn(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
+
+
+def conv_bn(cin: int, cout: int, act: str = "relu", pool_first: bool = False) -> nn.Sequential:
+    """conv -> BN -> act, or conv -> 2x2 max-pool -> BN -> act with pool_first."""
+    pool = [nn.MaxPool2d(2)] if pool_first else []
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), *pool, nn.BatchNorm2d(cout),
+                         ACTIVATIONS[act]())
 
 
 class Residual(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, act: str = "relu"):
         super().__init__()
-        self.body = nn.Sequential(conv_bn(channels, channels), conv_bn(channels, channels))
+        self.body = nn.Sequential(conv_bn(channels, channels, act), conv_bn(channels, channels, act))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -47,25 +64,43 @@ class SmallResNet(nn.Module):
         logit_scale: float = 0.125,
         flip_tta: bool = False,
         channels_last: bool = True,
+        act: str = "relu",
+        pool_first: bool = False,
+        whiten: int = 0,
+        tta_shift: int = 0,
     ):
         super().__init__()
         if len(widths) != len(res_blocks):
             raise ValueError(f"widths {list(widths)} and res_blocks {list(res_blocks)} must have the same length")
         if pool not in ("max", "avg"):
             raise ValueError(f"pool='{pool}' is not max or avg")
-        layers: list[nn.Module] = [conv_bn(in_channels, stem)]
-        cin = stem
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act='{act}' is not one of {', '.join(ACTIVATIONS)}")
+        if whiten:
+            self.whitening = PatchWhitening(in_channels, whiten)
+            layers: list[nn.Module] = [self.whitening, ACTIVATIONS[act]()]
+            cin = self.whitening.out_channels
+        else:
+            self.whitening = None
+            layers = [conv_bn(in_channels, stem, act)]
+            cin = stem
         for width, n_res in zip(widths, res_blocks):
-            layers += [conv_bn(cin, width), nn.MaxPool2d(2)]
-            layers += [Residual(width) for _ in range(n_res)]
+            layers += [conv_bn(cin, width, act, pool_first=True)] if pool_first else \
+                [conv_bn(cin, width, act), nn.MaxPool2d(2)]
+            layers += [Residual(width, act) for _ in range(n_res)]
             cin = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.classifier = nn.Linear(cin, num_classes)
-        self.logit_scale, self.flip_tta, self.channels_last = logit_scale, flip_tta, channels_last
+        self.logit_scale, self.flip_tta, self.tta_shift, self.channels_last = logit_scale, flip_tta, tta_shift, channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)  # conv weights too, so oneDNN does not reorder them each step
+
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Data-dependent initialisation, called by the trainer with a training batch on a fresh start."""
+        if self.whitening is not None:
+            self.whitening.init_from_data(x)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -73,8 +108,19 @@ class SmallResNet(nn.Module):
         h = self.pool(self.features(x)).flatten(1)
         return self.classifier(self.dropout(h)) * self.logit_scale
 
+    def tta_views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The image, translated by (+s, +s) and (-s, -s) pixels when tta_shift=s, and the mirror of each if flip_tta."""
+        views = [x]
+        if self.tta_shift:
+            s = self.tta_shift
+            padded = F.pad(x, (s, s, s, s), mode="replicate")
+            h, w = x.shape[-2:]
+            views += [padded[..., :h, :w], padded[..., 2 * s:, 2 * s:]]
+        return views + [v.flip(-1) for v in views] if self.flip_tta else views
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> logits (B, num_classes)."""
-        if self.flip_tta and not self.training:
-            return 0.5 * (self.logits(x) + self.logits(x.flip(-1)))
-        return self.logits(x)
+        """(B, C, H, W) -> logits (B, num_classes); in eval mode with TTA, the mean of the views' logits."""
+        if self.training or not (self.flip_tta or self.tta_shift):
+            return self.logits(x)
+        views = self.tta_views(x)
+        return self.logits(torch.cat(views)).view(len(views), x.shape[0], -1).mean(0)

@@ -200,6 +200,8 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
 
     # ---- optimisation --------------------------------------------------------------------------------------------
     net.to(device)
+    if resume is None and hasattr(net.model, "init_from_data"):  # e.g. a whitening stem; before DDP copies rank 0's
+        net.model.init_from_data(to_device(next(iter(train_loader)), device)["x"])
     try:
         optimizer = stage.optimizer_factory(param_groups(net, stage.optimizer_factory.keywords.get("weight_decay")))
         scheduler = stage.scheduler_factory(optimizer, total_steps=total_steps) if stage.scheduler_factory else None
