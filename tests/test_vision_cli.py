@@ -59,6 +59,11 @@ def test_fashion_eval_and_predict_modes(workdir, fashion_run, fashion_dir, tmp_p
     trained = json.loads((fashion_run / "results.json").read_text())["test"]["test/acc"]
     assert json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/acc"] == \
         pytest.approx(trained)
+    # an inference option given on the command line applies over the checkpoint's model config
+    proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={fashion_run}", "model.tta_shift=1")
+    assert "model.tta_shift=1 over the checkpoint's model config" in proc.stdout + proc.stderr
+    shifted = json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/loss"]
+    assert shifted != pytest.approx(json.loads((fashion_run / "results.json").read_text())["test"]["test/loss"])
     out = tmp_path / "pred.tsv"
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=predict", f"ckpt={fashion_run}",
         f"input={fashion_dir / 't10k-images-idx3-ubyte.gz'}", f"output={out}")

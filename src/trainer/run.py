@@ -233,12 +233,31 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     return result
 
 
+def _command_line_model_overrides() -> list[tuple[str, Any]]:
+    """The `model.KEY=VALUE` overrides of this job's command line, parsed as Hydra parses them."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return []
+    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return [(o.key_or_group.removeprefix("model."), o.value()) for o in overrides
+            if o.key_or_group.startswith("model.") and not o.is_delete()]
+
+
 def _checkpoint_net(cfg: DictConfig, device: torch.device):
-    """Model from the checkpoint's own config, dataset and head from the current one (paths, decode options)."""
+    """Model from the checkpoint's own config, dataset and head from the current one (paths, decode options).
+
+    `model.*` overrides given on the command line still apply over the checkpoint's model config: inference options
+    such as test-time augmentation (`model.tta_shift=1`) are the user's to choose at evaluation.
+    """
     if not cfg.get("ckpt"):
         raise UserError(f"mode={cfg.mode} needs ckpt=PATH (a .pt file or a run directory)")
     state = ckpt.load(cfg.ckpt)
     saved = OmegaConf.create(state["config"])
+    for key, value in _command_line_model_overrides():
+        OmegaConf.update(saved.model, key, value, force_add=True)
+        log.info(f"{cfg.mode}: model.{key}={value} over the checkpoint's model config")
     data = build(cfg.dataset, "dataset")
     data.load_state_dict(state.get("data") or {})
     data.setup()
