@@ -64,6 +64,15 @@ def test_fashion_eval_and_predict_modes(workdir, fashion_run, fashion_dir, tmp_p
     assert "model.tta_shift=1 over the checkpoint's model config" in proc.stdout + proc.stderr
     shifted = json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/loss"]
     assert shifted != pytest.approx(json.loads((fashion_run / "results.json").read_text())["test"]["test/loss"])
+    # ... also onto a checkpoint whose saved config predates the option
+    state = torch.load(fashion_run / "checkpoints" / "best.pt", weights_only=False)
+    assert "tta_shift: 0" in state["config"]
+    state["config"] = state["config"].replace("tta_shift: 0", "")
+    older = tmp_path / "older.pt"
+    torch.save(state, older)
+    cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={older}", "model.tta_shift=1")
+    assert json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/loss"] == \
+        pytest.approx(shifted)
     out = tmp_path / "pred.tsv"
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=predict", f"ckpt={fashion_run}",
         f"input={fashion_dir / 't10k-images-idx3-ubyte.gz'}", f"output={out}")

@@ -42,6 +42,17 @@ def test_set_once_and_carried_by_the_state_dict():
     assert [n for n, _ in fresh.named_parameters()] == ["bias"]  # the filters are never trained
 
 
+def test_a_whitened_net_needs_data_init_until_set_or_loaded():
+    net = SmallResNet(whiten=3, widths=(8,), res_blocks=(0,), channels_last=False)
+    assert net.needs_data_init and not SmallResNet(widths=(8,), res_blocks=(0,)).needs_data_init
+    net.init_from_data(correlated_images())
+    assert not net.needs_data_init
+    loaded = SmallResNet(whiten=3, widths=(8,), res_blocks=(0,), channels_last=False)
+    loaded.load_state_dict(net.state_dict())  # a resume or a stage's init: never set again from data
+    assert not loaded.needs_data_init and torch.equal(loaded.whitening.weight, net.whitening.weight)
+    assert sum(k.endswith("initialised") for k in net.state_dict()) == 1  # registered once, as features.0
+
+
 def test_even_patch_takes_one_pixel_off_like_airbench():
     net = SmallResNet(whiten=2, widths=(8, 8), res_blocks=(0, 0), pool_first=True, act="gelu", channels_last=False)
     net.init_from_data(correlated_images(size=28))
@@ -53,8 +64,8 @@ def test_even_patch_takes_one_pixel_off_like_airbench():
 def test_the_trainer_sets_the_whitening_from_training_data(workdir, fashion_dir):  # noqa: F811
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "model.whiten=3", "model.pool_first=true", "model.act=gelu")
     state = torch.load(latest_run(workdir, "fashion_mnist") / "checkpoints" / "best.pt", weights_only=False)["net"]
-    assert bool(state["model.whitening.initialised"])
-    weight = state["model.whitening.weight"]
+    assert bool(state["model.features.0.initialised"])
+    weight = state["model.features.0.weight"]
     assert weight.shape == (18, 1, 3, 3) and weight.abs().sum() > 0
 
 
@@ -70,3 +81,17 @@ def test_tta_views_are_the_shifted_and_mirrored_images():
     assert torch.allclose(net(x), expected, atol=1e-6)
     net.tta_shift = 0
     assert torch.allclose(net(x), 0.5 * (net.logits(x) + net.logits(x.flip(-1))), atol=1e-6)
+
+
+def _conv_bn_keys(prefix: str, cin: int, cout: int) -> dict[str, tuple[int, ...]]:
+    bn = {f"{prefix}.1.{name}": (cout,) for name in ("weight", "bias", "running_mean", "running_var")}
+    return {f"{prefix}.0.weight": (cout, cin, 3, 3), **bn, f"{prefix}.1.num_batches_tracked": ()}
+
+
+def test_the_default_layout_is_unchanged_so_earlier_checkpoints_load():
+    # the layout before the whitening/pool-first options (commit 8396e24): stem, conv, pool, residual, conv, pool
+    net = SmallResNet(stem=4, widths=(8, 8), res_blocks=(1, 0))
+    expected = {**_conv_bn_keys("features.0", 1, 4), **_conv_bn_keys("features.1", 4, 8),
+                **_conv_bn_keys("features.3.body.0", 8, 8), **_conv_bn_keys("features.3.body.1", 8, 8),
+                **_conv_bn_keys("features.4", 8, 8), "classifier.weight": (10, 8), "classifier.bias": (10,)}
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == expected

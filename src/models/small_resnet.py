@@ -12,7 +12,8 @@ oneDNN's convolutions are faster in it on this CPU.
 
 `flip_tta`: in eval mode, average the logits of the image and of its horizontal mirror (test-time augmentation),
 which matches training with random horizontal flips; `tta_shift=s` adds the image translated by (+s, +s) and
-(-s, -s) pixels (and their mirrors): airbench's six-view TTA, which matches training with pad-and-crop.
+(-s, -s) pixels, edges replicated (and their mirrors), which matches training with pad-and-crop. The six views are
+averaged with equal weights (airbench's six-view TTA weights the unshifted pair double and pads by reflection).
 
 Three options from the fast CIFAR-10 training recipes (Page 2019, "How to train your ResNet 8: bag of tricks";
 Jordan 2024, airbench), which buy accuracy per second on a short schedule:
@@ -76,12 +77,13 @@ class SmallResNet(nn.Module):
             raise ValueError(f"pool='{pool}' is not max or avg")
         if act not in ACTIVATIONS:
             raise ValueError(f"act='{act}' is not one of {', '.join(ACTIVATIONS)}")
-        if whiten:
-            self.whitening = PatchWhitening(in_channels, whiten)
-            layers: list[nn.Module] = [self.whitening, ACTIVATIONS[act]()]
-            cin = self.whitening.out_channels
+        if tta_shift < 0:
+            raise ValueError(f"tta_shift={tta_shift} must be 0 (off) or a positive number of pixels")
+        if whiten:  # replaces the stem convolution (`stem` is then unused)
+            whitening = PatchWhitening(in_channels, whiten)
+            layers: list[nn.Module] = [whitening, ACTIVATIONS[act]()]
+            cin = whitening.out_channels
         else:
-            self.whitening = None
             layers = [conv_bn(in_channels, stem, act)]
             cin = stem
         for width, n_res in zip(widths, res_blocks):
@@ -97,8 +99,18 @@ class SmallResNet(nn.Module):
         if channels_last:
             self.to(memory_format=torch.channels_last)  # conv weights too, so oneDNN does not reorder them each step
 
+    @property
+    def whitening(self) -> PatchWhitening | None:
+        first = self.features[0]
+        return first if isinstance(first, PatchWhitening) else None
+
+    @property
+    def needs_data_init(self) -> bool:
+        """True until a whitening first layer has been set from data (trainer.loop.fit then calls init_from_data)."""
+        return self.whitening is not None and not bool(self.whitening.initialised)
+
     def init_from_data(self, x: torch.Tensor) -> None:
-        """Data-dependent initialisation, called by the trainer with a training batch on a fresh start."""
+        """Data-dependent initialisation from a batch of training images."""
         if self.whitening is not None:
             self.whitening.init_from_data(x)
 
@@ -122,5 +134,4 @@ class SmallResNet(nn.Module):
         """(B, C, H, W) -> logits (B, num_classes); in eval mode with TTA, the mean of the views' logits."""
         if self.training or not (self.flip_tta or self.tta_shift):
             return self.logits(x)
-        views = self.tta_views(x)
-        return self.logits(torch.cat(views)).view(len(views), x.shape[0], -1).mean(0)
+        return torch.stack([self.logits(v) for v in self.tta_views(x)]).mean(0)

@@ -1,15 +1,16 @@
 """A fixed patch-whitening first layer, set from the training images' k x k patches before training starts.
 
 From the fast CIFAR-10 training line of work: David Page's "How to train your ResNet 8" (2019) and Keller Jordan's
-airbench (2024) replace the first learned convolution by one whose filters are the ZCA/PCA whitening of the input's
+airbench (2024) replace the first learned convolution by one whose filters are the PCA whitening of the input's
 k x k patches: filter i is eigenvector i of the patch covariance divided by the square root of its eigenvalue, and
 each filter is used with both signs (2*k*k*C output channels) so that a ReLU or GELU after it loses nothing. The
 filters are never trained (a buffer); only the bias is. The layer decorrelates pixels before the first learned layer, which
 makes the early epochs learn faster; on a short schedule that is accuracy per second.
 
-`init_from_data(x)` computes the filters from a batch of training images. The trainer calls it once, on a fresh
-start, with the first training batch (see trainer.loop.fit); the `initialised` buffer travels with checkpoints, so
-a model loaded from one is never re-initialised.
+`init_from_data(x)` computes the filters from a batch of training images. The trainer calls it on a fresh start,
+with the first batch of training images as rank 0 of one process would see them, so the filters do not depend on
+the number of processes (see trainer.loop.fit); the `initialised` buffer travels with checkpoints, so a model
+loaded from one (a resume, a stage's `init`) is never re-initialised.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ class PatchWhitening(nn.Module):
         if bool(self.initialised):
             return
         k, c = self.patch, x.shape[1]
-        patches = F.unfold(x.float(), k).transpose(1, 2).reshape(-1, c * k * k)
-        eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T.double()))
+        patches = F.unfold(x.detach().cpu().double(), k).transpose(1, 2).reshape(-1, c * k * k)  # float64: not on MPS
+        eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T))
         filters = (eigenvectors / torch.sqrt(eigenvalues.clamp_min(0) + self.eps)).T.reshape(-1, c, k, k)
         self.weight.copy_(torch.cat([filters, -filters]))
         self.initialised.fill_(True)

@@ -200,8 +200,10 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
 
     # ---- optimisation --------------------------------------------------------------------------------------------
     net.to(device)
-    if resume is None and hasattr(net.model, "init_from_data"):  # e.g. a whitening stem; before DDP copies rank 0's
-        net.model.init_from_data(to_device(next(iter(train_loader)), device)["x"])
+    if resume is None and getattr(net.model, "needs_data_init", False):  # e.g. a whitening first layer
+        # the same first training images on every rank, whatever the number of processes
+        first = next(iter(data.loader("train", rank=0, world_size=1, limit=1)))
+        net.model.init_from_data(to_device(first, device)["x"])
     try:
         optimizer = stage.optimizer_factory(param_groups(net, stage.optimizer_factory.keywords.get("weight_decay")))
         scheduler = stage.scheduler_factory(optimizer, total_steps=total_steps) if stage.scheduler_factory else None

@@ -241,6 +241,9 @@ def _command_line_model_overrides() -> list[tuple[str, Any]]:
     if not HydraConfig.initialized():
         return []
     overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    for o in overrides:
+        if o.key_or_group == "model" or (o.key_or_group.startswith("model.") and o.is_delete()):
+            log.warning(f"{o.input_line}: ignored; the checkpoint's own model config decides the architecture")
     return [(o.key_or_group.removeprefix("model."), o.value()) for o in overrides
             if o.key_or_group.startswith("model.") and not o.is_delete()]
 
@@ -255,8 +258,10 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
         raise UserError(f"mode={cfg.mode} needs ckpt=PATH (a .pt file or a run directory)")
     state = ckpt.load(cfg.ckpt)
     saved = OmegaConf.create(state["config"])
+    applied = []
     for key, value in _command_line_model_overrides():
         OmegaConf.update(saved.model, key, value, force_add=True)
+        applied.append(f"model.{key}={value}")
         log.info(f"{cfg.mode}: model.{key}={value} over the checkpoint's model config")
     data = build(cfg.dataset, "dataset")
     data.load_state_dict(state.get("data") or {})
@@ -267,7 +272,9 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
     try:
         net.load_state_dict(state["net"])
     except RuntimeError as e:
-        raise UserError(f"checkpoint {cfg.ckpt} does not fit this task's head: {one_line(e)[:300]}") from None
+        changed = f" as changed by {' '.join(applied)}" if applied else ""
+        raise UserError(f"checkpoint {cfg.ckpt} does not fit the model{changed} or this task's head: "
+                        f"{one_line(e)[:300]}") from None
     return data, net.to(device)
 
 
