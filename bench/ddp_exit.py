@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["task=captcha", "model=captcha_cnn", "model.blocks=2", "optim=adam", "sched=none", "dataset.width=64",
-        "dataset.height=24", "dataset.train_size=256", "dataset.val_size=64", "dataset.test_size=64",
-        "dataset.batch_size=32", "dataset.render_workers=1", "trainer.max_epochs=2", "trainer.progress=false"]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import TINY_CAPTCHA  # noqa: E402  (the test's own tiny job, not a copy of it)
+
+TINY = ["task=captcha", *TINY_CAPTCHA, "dataset.batch_size=32", "trainer.max_epochs=2"]  # as test_resume_ddp runs it
 
 
 def hog() -> None:
