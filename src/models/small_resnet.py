@@ -95,7 +95,8 @@ class SmallResNet(nn.Module):
         self.pool = nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.classifier = nn.Linear(cin, num_classes)
-        self.logit_scale, self.flip_tta, self.tta_shift, self.channels_last = logit_scale, flip_tta, tta_shift, channels_last
+        self.logit_scale, self.channels_last = logit_scale, channels_last
+        self.flip_tta, self.tta_shift = flip_tta, tta_shift
         if channels_last:
             self.to(memory_format=torch.channels_last)  # conv weights too, so oneDNN does not reorder them each step
 
@@ -121,7 +122,7 @@ class SmallResNet(nn.Module):
         return self.classifier(self.dropout(h)) * self.logit_scale
 
     def tta_views(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The image, translated by (+s, +s) and (-s, -s) pixels when tta_shift=s, and the mirror of each if flip_tta."""
+        """The image, moved by (+s, +s) and (-s, -s) pixels when tta_shift=s, and the mirror of each if flip_tta."""
         views = [x]
         if self.tta_shift:
             s = self.tta_shift

@@ -4,8 +4,8 @@ From the fast CIFAR-10 training line of work: David Page's "How to train your Re
 airbench (2024) replace the first learned convolution by one whose filters are the PCA whitening of the input's
 k x k patches: filter i is eigenvector i of the patch covariance divided by the square root of its eigenvalue, and
 each filter is used with both signs (2*k*k*C output channels) so that a ReLU or GELU after it loses nothing. The
-filters are never trained (a buffer); only the bias is. The layer decorrelates pixels before the first learned layer, which
-makes the early epochs learn faster; on a short schedule that is accuracy per second.
+filters are never trained (a buffer); only the bias is. The layer decorrelates pixels before the first learned
+layer, which makes the early epochs learn faster; on a short schedule that is accuracy per second.
 
 `init_from_data(x)` computes the filters from a batch of training images. The trainer calls it on a fresh start,
 with the first batch of training images as rank 0 of one process would see them, so the filters do not depend on
