@@ -82,6 +82,28 @@ def test_fashion_eval_and_predict_modes(workdir, fashion_run, fashion_dir, tmp_p
                                        "Sneaker", "Bag", "Ankle boot") for line in lines)
 
 
+def test_test_model_options_apply_to_the_final_test_only(workdir, fashion_dir):
+    cli(workdir, "task=fashion_mnist", *TINY_FASHION, "trainer.test_model={tta_shift:1}")
+    run = latest_run(workdir, "fashion_mnist")
+    assert "tta_shift: 0" in (run / "config.yaml").read_text()  # validation ran without it
+    assert "test: model.tta_shift=1 (trainer.test_model)" in (run / "run.log").read_text()
+    test_loss = json.loads((run / "results.json").read_text())["test"]["test/loss"]
+
+    def eval_loss(*overrides: str) -> float:
+        cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={run}", *overrides)
+        return json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/loss"]
+
+    assert test_loss == pytest.approx(eval_loss("model.tta_shift=1"))
+    assert test_loss != pytest.approx(eval_loss())
+
+
+def test_test_model_typo_fails_before_training(workdir, fashion_dir):
+    proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "trainer.test_model={tta_shfit:1}", check=False)
+    line = _error_line(proc)
+    assert "trainer.test_model: 'tta_shfit' is not a key of the model config" in line and "tta_shift" in line
+    assert "epoch 1" not in proc.stdout + proc.stderr
+
+
 def test_fashion_faithful_mobilenet_runs(workdir, fashion_dir):
     cli(workdir, "task=fashion_mnist", "experiment=fashion_mnist_faithful", "dataset.val_size=100",
         "trainer.max_steps=2", "trainer.limit_val_batches=1", "dataset.eval_batch_size=50", "trainer.progress=false")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -42,6 +42,9 @@ class TrainerConfig:
     early_stopping_min_delta: float = 0.0
     checkpoint_every_n_steps: Optional[int] = None  # also write last.pt mid-epoch (for exact resume of long epochs)
     test_after_fit: bool = True  # evaluate the best weights on the test split, if the dataset has one
+    # Model config keys changed for that final test only, e.g. {tta_shift: 1}: inference options such as test-time
+    # augmentation that would cost too much at every validation (mode=eval takes them as model.KEY=VALUE).
+    test_model: Optional[dict[str, Any]] = None
     also_evaluate: list[str] = field(default_factory=list)  # more splits scored at each validation, e.g. [train_eval]
     # Console and logs.
     log_every_n_steps: int = 50

@@ -165,6 +165,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> dict[str, Any]:
     stages = stage_configs(cfg)
+    final_model = stages[-1][1].model
+    for key in trainer_config(stages[-1][1].trainer).test_model or {}:  # fail now, not after hours of training
+        if str(key).split(".")[0] not in final_model:
+            raise UserError(f"trainer.test_model: '{key}' is not a key of the model config "
+                            f"(keys: {', '.join(str(k) for k in final_model if k != '_target_')})")
     last_path = run_dir / "checkpoints" / "last.pt"
     resume = None
     if cfg.get("resume"):
@@ -207,11 +212,12 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     if tcfg.test_after_fit and stage.data.has_split("test") and (final_best.is_file() or tcfg.fast_dev_run):
         if final_best.is_file() and not tcfg.fast_dev_run:
             stage.net.load_state_dict(ckpt.load(final_best)["net"])
+        net = _with_test_options(stage, tcfg.test_model) if tcfg.test_model else stage.net
         loader = stage.data.loader("test", rank=dist.rank(), world_size=dist.world_size(),
                                    limit=1 if tcfg.fast_dev_run else None)
-        test = {f"test/{k}": v for k, v in evaluate(stage.net.to(device), loader, device, tcfg.precision,
-                                                             split="test").items()}
-        stage.net.head.on_validation_end("test", run_dir if main else None)
+        test = {f"test/{k}": v for k, v in evaluate(net.to(device), loader, device, tcfg.precision,
+                                                    split="test").items()}
+        net.head.on_validation_end("test", run_dir if main else None)
         for logger in loggers:
             logger.log(test, stage=stage.name, epoch=counters.epoch, step=counters.step,
                        global_step=counters.global_step)
@@ -231,6 +237,33 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
         rows["time (s)"] = result["train_seconds"]
         summary_table(f"{cfg.get('task_name')}: done", rows)
     return result
+
+
+def _override_model(model_cfg: DictConfig, items: list[tuple[str, Any]]) -> list[str]:
+    """Set each (dotted key, value) in a model config, adding keys a saved config predates; returns them as text."""
+    applied = []
+    for key, value in items:
+        OmegaConf.update(model_cfg, key, value, force_add=True)
+        applied.append(f"model.{key}={value}")
+    return applied
+
+
+def _load_into(net: TaskNet, state: dict[str, Any], what: str, applied: list[str]) -> None:
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        changed = f" as changed by {' '.join(applied)}" if applied else ""
+        raise UserError(f"{what} does not fit the model{changed} or this task's head: {one_line(e)[:300]}") from None
+
+
+def _with_test_options(stage: Stage, options: dict[str, Any]) -> TaskNet:
+    """The stage's net rebuilt with `trainer.test_model`'s keys over its model config, holding the same weights."""
+    scfg = stage.cfg.copy()
+    applied = _override_model(scfg.model, list(options.items()))
+    log.info(f"test: {' '.join(applied)} (trainer.test_model)")
+    net = TaskNet(build(scfg.model, "model"), stage.net.head)
+    _load_into(net, stage.net.state_dict(), "trainer.test_model: the trained weights", applied)
+    return net
 
 
 def _command_line_model_overrides() -> list[tuple[str, Any]]:
@@ -258,23 +291,16 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
         raise UserError(f"mode={cfg.mode} needs ckpt=PATH (a .pt file or a run directory)")
     state = ckpt.load(cfg.ckpt)
     saved = OmegaConf.create(state["config"])
-    applied = []
-    for key, value in _command_line_model_overrides():
-        OmegaConf.update(saved.model, key, value, force_add=True)
-        applied.append(f"model.{key}={value}")
-        log.info(f"{cfg.mode}: model.{key}={value} over the checkpoint's model config")
+    applied = _override_model(saved.model, _command_line_model_overrides())
+    for text in applied:
+        log.info(f"{cfg.mode}: {text} over the checkpoint's model config")
     data = build(cfg.dataset, "dataset")
     data.load_state_dict(state.get("data") or {})
     data.setup()
     with open_dict(cfg):
         cfg.data_info = data.info
     net = TaskNet(build(saved.model, "model"), build(cfg.head, "head"))
-    try:
-        net.load_state_dict(state["net"])
-    except RuntimeError as e:
-        changed = f" as changed by {' '.join(applied)}" if applied else ""
-        raise UserError(f"checkpoint {cfg.ckpt} does not fit the model{changed} or this task's head: "
-                        f"{one_line(e)[:300]}") from None
+    _load_into(net, state["net"], f"checkpoint {cfg.ckpt}", applied)
     return data, net.to(device)
 
 
