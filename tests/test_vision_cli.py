@@ -54,25 +54,30 @@ def test_fashion_mnist_trains_and_saves_the_confusion_matrix(fashion_run):
     assert (fashion_run / "confusion_test.png").is_file() and (fashion_run / "checkpoints" / "best.pt").is_file()
 
 
+def _test_result(run, key: str = "test/loss") -> float:
+    return json.loads((run / "results.json").read_text())["test"][key]
+
+
 def test_fashion_eval_and_predict_modes(workdir, fashion_run, fashion_dir, tmp_path):
-    cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={fashion_run}/checkpoints/best.pt")
-    trained = json.loads((fashion_run / "results.json").read_text())["test"]["test/acc"]
-    assert json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/acc"] == \
-        pytest.approx(trained)
-    # an inference option given on the command line applies over the checkpoint's model config
-    proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={fashion_run}", "model.tta_shift=1")
+    # the task tests on six views (trainer.test_model={tta_shift:1}); validation, as saved in best.pt, runs on two
+    assert "test: model.tta_shift=1 (trainer.test_model)" in (fashion_run / "run.log").read_text()
+    proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={fashion_run}/checkpoints/best.pt",
+               "model.tta_shift=1")
     assert "model.tta_shift=1 over the checkpoint's model config" in proc.stdout + proc.stderr
-    shifted = json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/loss"]
-    assert shifted != pytest.approx(json.loads((fashion_run / "results.json").read_text())["test"]["test/loss"])
-    # ... also onto a checkpoint whose saved config predates the option
+    shifted = _test_result(latest_run(workdir, "fashion_mnist"))
+    assert shifted == pytest.approx(_test_result(fashion_run))  # reproduces the run's own test
+    assert _test_result(latest_run(workdir, "fashion_mnist"), "test/acc") == \
+        pytest.approx(_test_result(fashion_run, "test/acc"))
+    cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={fashion_run}")
+    assert _test_result(latest_run(workdir, "fashion_mnist")) != pytest.approx(shifted)  # as saved: two views
+    # the override applies also onto a checkpoint whose saved config predates the option
     state = torch.load(fashion_run / "checkpoints" / "best.pt", weights_only=False)
     assert "tta_shift: 0" in state["config"]
     state["config"] = state["config"].replace("tta_shift: 0", "")
     older = tmp_path / "older.pt"
     torch.save(state, older)
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={older}", "model.tta_shift=1")
-    assert json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/loss"] == \
-        pytest.approx(shifted)
+    assert _test_result(latest_run(workdir, "fashion_mnist")) == pytest.approx(shifted)
     out = tmp_path / "pred.tsv"
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=predict", f"ckpt={fashion_run}",
         f"input={fashion_dir / 't10k-images-idx3-ubyte.gz'}", f"output={out}")
@@ -82,25 +87,24 @@ def test_fashion_eval_and_predict_modes(workdir, fashion_run, fashion_dir, tmp_p
                                        "Sneaker", "Bag", "Ankle boot") for line in lines)
 
 
-def test_test_model_options_apply_to_the_final_test_only(workdir, fashion_dir):
-    cli(workdir, "task=fashion_mnist", *TINY_FASHION, "trainer.test_model={tta_shift:1}")
+def test_test_model_null_tests_the_model_as_validated(workdir, fashion_dir):
+    cli(workdir, "task=fashion_mnist", *TINY_FASHION, "trainer.test_model=null")
     run = latest_run(workdir, "fashion_mnist")
-    assert "tta_shift: 0" in (run / "config.yaml").read_text()  # validation ran without it
-    assert "test: model.tta_shift=1 (trainer.test_model)" in (run / "run.log").read_text()
-    test_loss = json.loads((run / "results.json").read_text())["test"]["test/loss"]
-
-    def eval_loss(*overrides: str) -> float:
-        cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={run}", *overrides)
-        return json.loads((latest_run(workdir, "fashion_mnist") / "results.json").read_text())["test"]["test/loss"]
-
-    assert test_loss == pytest.approx(eval_loss("model.tta_shift=1"))
-    assert test_loss != pytest.approx(eval_loss())
+    assert "trainer.test_model" not in (run / "run.log").read_text()
+    cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={run}")
+    assert _test_result(run) == pytest.approx(_test_result(latest_run(workdir, "fashion_mnist")))
 
 
 def test_test_model_typo_fails_before_training(workdir, fashion_dir):
-    proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "trainer.test_model={tta_shfit:1}", check=False)
+    # a key the model config lacks fails before training ...
+    proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "+trainer.test_model.tta_shfit=1", check=False)
     line = _error_line(proc)
     assert "trainer.test_model: 'tta_shfit' is not a key of the model config" in line and "tta_shift" in line
+    assert "epoch 1" not in proc.stdout + proc.stderr
+    # ... and a key the task's test_model lacks is a config error that lists the keys it has
+    proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "trainer.test_model={tta_shfit:1}", check=False)
+    assert "unknown config key 'trainer.test_model.tta_shfit'; keys in 'trainer.test_model': tta_shift" in \
+        _error_line(proc)
     assert "epoch 1" not in proc.stdout + proc.stderr
 
 

@@ -169,7 +169,8 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     for key in trainer_config(stages[-1][1].trainer).test_model or {}:  # fail now, not after hours of training
         if str(key).split(".")[0] not in final_model:
             raise UserError(f"trainer.test_model: '{key}' is not a key of the model config "
-                            f"(keys: {', '.join(str(k) for k in final_model if k != '_target_')})")
+                            f"(keys: {', '.join(str(k) for k in final_model if k != '_target_')}); "
+                            "trainer.test_model=null tests the model as validated")
     last_path = run_dir / "checkpoints" / "last.pt"
     resume = None
     if cfg.get("resume"):
