@@ -99,8 +99,14 @@ def test_test_model_typo_fails_before_training(workdir, fashion_dir):
     # a key the model config lacks fails before training ...
     proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "+trainer.test_model.tta_shfit=1", check=False)
     line = _error_line(proc)
-    assert "trainer.test_model: 'tta_shfit' is not a key of the model config" in line and "tta_shift" in line
+    assert "trainer.test_model: 'tta_shfit' is not a key of the final stage's model config" in line
+    assert "tta_shift" in line
     assert "epoch 1" not in proc.stdout + proc.stderr
+    # ... a bad value fails after training, which keeps best.pt and says how to test it
+    proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "trainer.test_model={tta_shift:-1}", check=False)
+    line = _error_line(proc)
+    assert "trainer.test_model (model.tta_shift=-1)" in line and "tta_shift=-1 must be 0" in line
+    assert "best.pt is kept" in line and (latest_run(workdir, "fashion_mnist") / "checkpoints" / "best.pt").is_file()
     # ... and a key the task's test_model lacks is a config error that lists the keys it has
     proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "trainer.test_model={tta_shfit:1}", check=False)
     assert "unknown config key 'trainer.test_model.tta_shfit'; keys in 'trainer.test_model': tta_shift" in \
@@ -167,8 +173,11 @@ def dog_setup(workdir):
 
 def test_dog_finetune_three_stages_from_weights_path(workdir, dog_setup):
     root, weights = dog_setup
-    cli(workdir, "task=dog_finetune", *TINY_DOG, f"dataset.root={root}", f"model.weights_path={weights}")
+    # (the final test with an inference-time model option: the net is rebuilt, the head with its alpha kept)
+    cli(workdir, "task=dog_finetune", *TINY_DOG, f"dataset.root={root}", f"model.weights_path={weights}",
+        "trainer.test_model={dropout:0.5}")
     run = latest_run(workdir, "dog_finetune")
+    assert "test: model.dropout=0.5 (trainer.test_model)" in (run / "run.log").read_text()
     ckpts = run / "checkpoints"
     assert all((ckpts / f).is_file() for f in ("best-frozen.pt", "best-unfrozen.pt", "best.pt", "last.pt"))
     source = torch.load(weights, weights_only=True)
@@ -181,6 +190,7 @@ def test_dog_finetune_three_stages_from_weights_path(workdir, dog_setup):
     assert not torch.equal(frozen["model.glu.value.weight"], final["model.glu.value.weight"])
     results = json.loads((run / "results.json").read_text())
     assert results["test"]["test/alpha"] == pytest.approx(float(final["head.alpha"]))  # test uses the stored alpha
+    assert results["test_model"] == {"dropout": 0.5}
     assert "test/acc_main" in results["test"] and "test/acc_aux" in results["test"]
     assert (run / "confusion_test.csv").read_text().startswith("true \\ predicted,beagle,husky,poodle")
     assert "SGD" in (run / "config.unfrozen.yaml").read_text() and "heavy" in (run / "config.unfrozen.yaml").read_text()

@@ -165,12 +165,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> dict[str, Any]:
     stages = stage_configs(cfg)
-    final_model = stages[-1][1].model
-    for key in trainer_config(stages[-1][1].trainer).test_model or {}:  # fail now, not after hours of training
-        if str(key).split(".")[0] not in final_model:
-            raise UserError(f"trainer.test_model: '{key}' is not a key of the model config "
-                            f"(keys: {', '.join(str(k) for k in final_model if k != '_target_')}); "
-                            "trainer.test_model=null tests the model as validated")
+    _check_test_model(stages[-1][1])
     last_path = run_dir / "checkpoints" / "last.pt"
     resume = None
     if cfg.get("resume"):
@@ -223,6 +218,8 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
             logger.log(test, stage=stage.name, epoch=counters.epoch, step=counters.step,
                        global_step=counters.global_step)
         result["test"] = test
+        if tcfg.test_model:
+            result["test_model"] = tcfg.test_model
     result["train_seconds"] = round(time.monotonic() - t0, 1)
 
     for logger in loggers:
@@ -249,21 +246,39 @@ def _override_model(model_cfg: DictConfig, items: list[tuple[str, Any]]) -> list
     return applied
 
 
-def _load_into(net: TaskNet, state: dict[str, Any], what: str, applied: list[str]) -> None:
+def _load_into(net: TaskNet, state: dict[str, Any], what: str) -> None:
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        changed = f" as changed by {' '.join(applied)}" if applied else ""
-        raise UserError(f"{what} does not fit the model{changed} or this task's head: {one_line(e)[:300]}") from None
+        raise UserError(f"{what}: {one_line(e)[:300]}") from None
+
+
+_ABSENT = object()
+
+
+def _check_test_model(final_stage: DictConfig) -> None:
+    """Fail before training, not after it, on a `trainer.test_model` key that the final model config lacks."""
+    model = final_stage.model
+    for key in trainer_config(final_stage.trainer).test_model or {}:
+        if key == "_target_" or OmegaConf.select(model, str(key), default=_ABSENT) is _ABSENT:
+            raise UserError(f"trainer.test_model: '{key}' is not a key of the final stage's model config "
+                            f"(keys: {', '.join(str(k) for k in model if k != '_target_')}); "
+                            "trainer.test_model=null tests the model as validated")
 
 
 def _with_test_options(stage: Stage, options: dict[str, Any]) -> TaskNet:
     """The stage's net rebuilt with `trainer.test_model`'s keys over its model config, holding the same weights."""
     scfg = stage.cfg.copy()
-    applied = _override_model(scfg.model, list(options.items()))
-    log.info(f"test: {' '.join(applied)} (trainer.test_model)")
-    net = TaskNet(build(scfg.model, "model"), stage.net.head)
-    _load_into(net, stage.net.state_dict(), "trainer.test_model: the trained weights", applied)
+    applied = " ".join(_override_model(scfg.model, list(options.items())))
+    log.info(f"test: {applied} (trainer.test_model)")
+    later = "training finished and best.pt is kept; `mode=eval ckpt=RUN_DIR` with model.KEY=VALUE overrides tests it"
+    try:
+        model = build(scfg.model, "model")
+    except UserError as e:
+        raise UserError(f"trainer.test_model ({applied}): {e}; {later}") from None
+    net = TaskNet(model, stage.net.head)
+    _load_into(net, stage.net.state_dict(), f"trainer.test_model ({applied}) changes the model's weights, "
+                                            f"not only how it infers; {later}")
     return net
 
 
@@ -301,7 +316,8 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
     with open_dict(cfg):
         cfg.data_info = data.info
     net = TaskNet(build(saved.model, "model"), build(cfg.head, "head"))
-    _load_into(net, state["net"], f"checkpoint {cfg.ckpt}", applied)
+    changed = f" as changed by {' '.join(applied)}" if applied else ""
+    _load_into(net, state["net"], f"checkpoint {cfg.ckpt} does not fit the model{changed} or this task's head")
     return data, net.to(device)
 
 
