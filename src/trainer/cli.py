@@ -163,15 +163,18 @@ def _explain_compose_error(e: Exception, job: list[str]) -> str:
     if isinstance(cause, ConfigKeyError) or "not in struct" in str(cause):
         key = getattr(cause, "full_key", None) or ""
         parent, _, leaf = key.rpartition(".")
-        valid = _keys_under(parent, [o for o in job if not _sets_under(o.split("=", 1)[0].lstrip("+~"), parent)])
+        valid = _keys_under(parent, [o for o in job if not _sets_under(o, parent)])
         where = f"'{parent}'" if parent else "the root config"
         return (f"unknown config key '{key}'; keys in {where}: {valid}; "
                 f"to add a new key write +{key}=VALUE")
     return one_line(str(e) + (f" ({cause})" if cause is not e else ""))
 
 
-def _sets_under(key: str, parent: str) -> bool:
-    return key == parent or key.startswith(f"{parent}.")
+def _sets_under(override: str, parent: str) -> bool:
+    """Whether `override` sets keys inside `parent` (not `parent=GROUP_OPTION`, which picks the section's file)."""
+    key, _, value = override.partition("=")
+    key = key.lstrip("+~")
+    return key.startswith(f"{parent}.") or (key == parent and value.lstrip().startswith("{"))
 
 
 def _keys_under(parent: str, job: list[str]) -> str:
