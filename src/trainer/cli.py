@@ -171,10 +171,11 @@ def _explain_compose_error(e: Exception, job: list[str]) -> str:
 
 
 def _sets_under(override: str, parent: str) -> bool:
-    """Whether `override` sets keys inside `parent` (not `parent=GROUP_OPTION`, which picks the section's file)."""
-    key, _, value = override.partition("=")
-    key = key.lstrip("+~")
-    return key.startswith(f"{parent}.") or (key == parent and value.lstrip().startswith("{"))
+    """Whether `override` sets keys inside `parent`: a dotted key or a {..} dict, not `parent=GROUP_OPTION`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    o = OverridesParser.create().parse_override(override)
+    return o.key_or_group.startswith(f"{parent}.") or (o.key_or_group == parent and isinstance(o.value(), dict))
 
 
 def _keys_under(parent: str, job: list[str]) -> str:
