@@ -138,6 +138,7 @@ def test_hydra_flags_keep_their_values_wherever_they_stand(workdir):
     (["resume=/nonexistent/run"], "not a run directory"),
     (["mode=eval"], "mode=eval needs ckpt=PATH"),
     (["mode=eval", "ckpt=/nonexistent.pt"], "checkpoint not found: /nonexistent.pt"),
+    (["mode=eval", "ckpt='/no/[/such].pt'"], "checkpoint not found: /no/[/such].pt"),  # not read as rich markup
     (["+model.nonsense=1"], "cannot build model"),
 ])
 def test_bad_input_fails_with_one_line(workdir, args, words):

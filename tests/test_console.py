@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 
 import trainer.progress as progress
+from trainer.sweep import write_summary
 from conftest import ROOT
 
 
@@ -49,3 +50,15 @@ def test_a_foreign_datasets_package_is_reported(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainer"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "'import datasets' resolves to" in proc.stderr and "own virtual environment" in proc.stderr
+
+
+def test_sweep_summary_shows_bracketed_overrides_as_typed(tmp_path, monkeypatch):
+    """Override values such as [null,1] are data, not rich markup, which would swallow them as a style tag."""
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- model.noise_shape=[null,1]\n- tags=[red]\n")
+    (job / "results.json").write_text('{"status": "ok", "monitor": "val/acc", "best": 0.5}')
+    monkeypatch.setattr(progress, "console", Console(file=io.StringIO(), width=200))
+    write_summary(tmp_path)
+    shown = progress.console.file.getvalue()
+    assert "model.noise_shape=[null,1] tags=[red]" in shown

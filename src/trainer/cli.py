@@ -200,6 +200,8 @@ def job(cfg) -> dict:
 
     from . import distributed as dist
     from .errors import UserError
+    from rich.markup import escape
+
     from .progress import console
     from .run import run
 
@@ -220,7 +222,7 @@ def job(cfg) -> dict:
             with open(run_dir / "run.log", "a") as f:
                 f.write("".join(traceback.format_exception(e)))
         if dist.is_main():
-            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             with open(run_dir / "run.log", "a") as f:
                 f.write(f"error: {message}\n")
             (run_dir / "results.json").write_text(

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
 
 from .errors import UserError
 
@@ -201,9 +202,9 @@ class SweepReport(Callback):
             write_report(sweep_dir, self.param, self.metrics, list(self.gap) if self.gap else None, self.at,
                          self.title)
         except UserError as e:
-            console.print(f"[bold red]error:[/] sweep report: {e}", highlight=False)
+            console.print(f"[bold red]error:[/] sweep report: {escape(str(e))}", highlight=False)
             return
-        console.print(f"sweep report: {sweep_dir / 'report.md'}, report.csv, report.png")
+        console.print(f"sweep report: {escape(str(sweep_dir / 'report.md'))}, report.csv, report.png")
 
 
 def _saved_settings(sweep_dir: Path) -> dict[str, Any]:
