@@ -1,6 +1,8 @@
 """Unit tests of the loop's pieces: config validation, batch plans, checkpoints, trackers, schedules."""
 from __future__ import annotations
 
+import functools
+
 import math
 
 import numpy as np
@@ -17,7 +19,7 @@ from trainer.config import parse_duration, trainer_config
 from trainer.errors import NonFiniteLossError, UserError
 from trainer.loop import apply_freeze, param_groups
 from trainer.run import stage_configs
-from trainer.schedules import one_cycle, step_decay, warmup_cosine
+from trainer.schedules import one_cycle, seek, step_decay, warmup_cosine
 
 
 # ---- config ------------------------------------------------------------------------------------------------------
@@ -34,6 +36,7 @@ def test_trainer_config_accepts_defaults_and_overrides():
     ({"accumulate_grad_batches": 0}, "accumulate_grad_batches"),
     ({"max_time": "soon"}, "is not seconds or [DD:]HH:MM:SS"),
     ({"limit_train_batches": -1}, "limit_train_batches"),
+    ({"schedule_to_max_time": True}, "schedule_to_max_time': needs trainer.max_time"),
 ])
 def test_trainer_config_rejects_bad_input_in_one_line(node, words):
     with pytest.raises(UserError) as e:
@@ -214,3 +217,29 @@ def test_schedules_shape():
     opt3 = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=0.01)
     one_cycle(opt3, total_steps=20)
     assert opt3.param_groups[0]["lr"] < 0.01
+
+
+@pytest.mark.parametrize("make", [
+    functools.partial(one_cycle, total_steps=40),
+    functools.partial(warmup_cosine, total_steps=40, warmup=5),
+    functools.partial(step_decay, total_steps=40, milestones=(0.5,)),
+])
+def test_seek_lands_where_stepping_does(make):
+    """schedule_to_max_time jumps the schedule to a step; the lr (and OneCycle's momentum) must be the stepped ones."""
+    stepped = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5, momentum=0.9)
+    jumped = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5, momentum=0.9)
+    s, j = make(stepped), make(jumped)
+    for target in (3, 4, 17, 30, 40):
+        while s.last_epoch < target:
+            stepped.step()
+            s.step()
+        jumped.step()
+        seek(j, target)
+        assert jumped.param_groups[0]["lr"] == pytest.approx(stepped.param_groups[0]["lr"], rel=1e-12)
+        assert jumped.param_groups[0]["momentum"] == pytest.approx(stepped.param_groups[0]["momentum"], rel=1e-12)
+
+
+def test_seek_refuses_a_recursive_schedule():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
+    with pytest.raises(TypeError, match="not a closed-form schedule"):
+        seek(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10), 3)

@@ -12,7 +12,9 @@ from torch import nn
 from datasets.base import ArrayDataset, DataModule
 from models.heads.multi_position import MultiPositionHead
 from trainer.config import TrainerConfig
+from trainer.errors import UserError
 from trainer.loop import Counters, Stage, TaskNet, apply_freeze, fit
+from trainer.schedules import warmup_cosine
 
 
 class ToyData(DataModule):
@@ -73,6 +75,29 @@ def test_max_steps_and_max_time_stop_the_stage(tmp_path):
     assert result.counters.step == 5 and result.stop_reason == "max_steps=5"
     result = fit(toy_stage(tmp_path / "b", max_epochs=10_000, max_time="0.5"), torch.device("cpu"), None, Counters())
     assert result.stop_reason == "max_time=0.5" and result.counters.epoch < 10_000
+
+
+def final_lr(stage: Stage) -> float:
+    return torch.load(stage.run_dir / "checkpoints" / "last.pt", weights_only=False)["scheduler"]["_last_lr"][0]
+
+
+def test_schedule_to_max_time_ends_the_decay_when_time_runs_out(tmp_path):
+    """10,000 epochs planned, 1.5 s allowed: fitted to the time, the cosine decays to zero by the end; on steps alone
+    it stops where it barely began."""
+    fitted = toy_stage(tmp_path / "a", max_epochs=10_000, max_time="1.5", schedule_to_max_time=True)
+    plain = toy_stage(tmp_path / "b", max_epochs=10_000, max_time="1.5")
+    for stage in (fitted, plain):
+        stage.scheduler_factory = functools.partial(warmup_cosine, warmup=0.0)
+        result = fit(stage, torch.device("cpu"), None, Counters())
+        assert result.stop_reason == "max_time=1.5" and result.counters.epoch < 10_000
+    assert final_lr(fitted) < 1e-3 and final_lr(plain) > 0.099
+
+
+def test_schedule_to_max_time_refuses_a_recursive_schedule(tmp_path):
+    stage = toy_stage(tmp_path, max_time="1", schedule_to_max_time=True)
+    stage.scheduler_factory = lambda opt, total_steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    with pytest.raises(UserError, match="CosineAnnealingLR cannot do"):
+        fit(stage, torch.device("cpu"), None, Counters())
 
 
 def test_early_stopping_and_best_checkpoint(tmp_path):

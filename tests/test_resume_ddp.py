@@ -81,3 +81,38 @@ def test_an_error_on_every_rank_is_one_line_under_torchrun(workdir):
     assert "error: dataset.batch_size=33 is the global batch; it must divide by 2 ranks" in proc.stdout + proc.stderr
     # each rank exits (torchrun may SIGTERM the slower one once the first has failed); none aborts
     assert "terminate called" not in proc.stderr and "(SIGABRT)" not in proc.stderr
+
+
+# Rank 1's clock runs five times fast: its own check would cross max_time at a fifth of rank 0's step count.
+FAST_CLOCK_ON_RANK_1 = '''
+import os, time
+if os.environ.get("RANK") == "1":
+    _real = time.monotonic
+    _t0 = _real()
+    time.monotonic = lambda: _t0 + 5 * (_real() - _t0)
+'''
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_ranks_stop_on_max_time_together_even_when_their_clocks_disagree(workdir, tmp_path):
+    """max_time is rank 0's decision: a rank that stopped on its own clock would leave the other blocked in the next
+    gradient all-reduce (until gloo's 30-minute timeout)."""
+    (tmp_path / "sitecustomize.py").write_text(FAST_CLOCK_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
+    env.pop("TRAINER_RUN_STAMP", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
+               f"paths.output_dir={workdir / 'outputs'}", f"paths.cache_dir={workdir / 'cache'}", "task=captcha",
+               *TINY_CAPTCHA, "trainer.max_epochs=10000", "trainer.max_time=4"]
+    before = set(run_dirs(workdir))
+    # its own session, so that a hang can be ended with the ranks too, not only torchrun
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the ranks did not finish together: one stopped on max_time while the other kept training")
+    assert proc.returncode == 0, out[-3000:]
+    run = next(iter(set(run_dirs(workdir)) - before))
+    assert "finished (max_time=4)" in (run / "run.log").read_text()

@@ -19,6 +19,9 @@ class TrainerConfig:
     max_epochs: int = 10
     max_steps: int = -1  # optimizer steps; -1 = no limit
     max_time: Optional[str] = None  # seconds ("1800") or "HH:MM:SS"
+    # The lr schedule runs on the larger of the step and the time fractions, so its decay ends with whichever budget
+    # ends first (budgeted training, Li et al. 2020): a run cut by max_time on a busy machine still anneals.
+    schedule_to_max_time: bool = False
     # Validation cadence.
     val_every_n_epochs: int = 1
     val_every_n_steps: Optional[int] = None
@@ -96,6 +99,8 @@ def _check(cfg: TrainerConfig, where: str) -> None:
         raise bad("monitor_mode", f"'{cfg.monitor_mode}' is not max or min")
     if cfg.max_time is not None:
         parse_duration(cfg.max_time, f"{where}.max_time")
+    elif cfg.schedule_to_max_time:
+        raise bad("schedule_to_max_time", "needs trainer.max_time (the budget to fit the schedule to)")
     if cfg.log_every_n_steps < 1:
         raise bad("log_every_n_steps", "must be >= 1")
 

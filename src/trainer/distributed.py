@@ -97,6 +97,18 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def rank0_value(x: float) -> float:
+    """Rank 0's `x` on every rank, for what all ranks must act on alike: the time spent, which decides when a time
+    budget stops the stage and where a time-fitted schedule stands. On its own clock a rank could stop a step before
+    the others, leaving them blocked in the next all-reduce, or step its lr differently. PyTorch Lightning's Timer
+    broadcasts its stop decision the same way."""
+    if not is_distributed():
+        return x
+    t = torch.tensor(x, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(t, src=0)
+    return t.item()
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

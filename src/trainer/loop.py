@@ -28,6 +28,7 @@ from .config import TrainerConfig, parse_duration
 from .ema import WeightEMA
 from .errors import UserError
 from .progress import ProgressBar
+from .schedules import CLOSED_FORM, seek
 
 log = logging.getLogger("trainer")
 
@@ -209,6 +210,9 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         scheduler = stage.scheduler_factory(optimizer, total_steps=total_steps) if stage.scheduler_factory else None
     except (ValueError, TypeError) as e:
         raise UserError(f"cannot build the optimizer or schedule: {e}; check the optim.* and sched.* config") from None
+    if tcfg.schedule_to_max_time and scheduler is not None and not isinstance(scheduler, CLOSED_FORM):
+        raise UserError(f"trainer.schedule_to_max_time moves the schedule by time, which {type(scheduler).__name__} "
+                        "cannot do; use one of trainer.schedules (sched=onecycle, cosine, step, none)")
     use_scaler = tcfg.precision == "fp16"
     if use_scaler and device.type != "cuda":
         raise UserError("trainer.precision=fp16 needs CUDA (it uses a GradScaler); use bf16 or fp32 on CPU")
@@ -337,7 +341,13 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
+            elapsed = time.monotonic() - t_start
+            if max_seconds < math.inf:
+                elapsed = dist.rank0_value(elapsed)  # one clock for every rank: see rank0_value
+            if scheduler is not None and tcfg.schedule_to_max_time:
+                by_time = math.ceil(total_steps * elapsed / max_seconds)
+                seek(scheduler, min(max(scheduler.last_epoch + 1, by_time), total_steps))
+            elif scheduler is not None:
                 scheduler.step()
             if ema is not None:
                 ema.update()
@@ -365,7 +375,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
                 save_last()
             if max_steps > 0 and counters.step >= max_steps:
                 stop_reason = stop_reason or f"max_steps={max_steps}"
-            elif time.monotonic() - t_start >= max_seconds:
+            elif elapsed >= max_seconds:
                 stop_reason = stop_reason or f"max_time={tcfg.max_time}"
             if stop_reason:
                 break

@@ -1,6 +1,7 @@
 """Learning-rate schedules, built per step once the number of optimizer steps is known.
 
-Configs name them with `_partial_: true`; the loop calls `factory(optimizer, total_steps=N)`.
+Configs name them with `_partial_: true`; the loop calls `factory(optimizer, total_steps=N)`. All are closed-form
+(the lr is a function of the step number), so `seek` can move one to any step: trainer.schedule_to_max_time does.
 """
 from __future__ import annotations
 
@@ -45,3 +46,14 @@ def step_decay(optimizer: Optimizer, total_steps: int, milestones: tuple[float, 
     """Multiply the lr by gamma at each milestone (fractions of the run when < 1, else step numbers)."""
     marks = sorted(_warmup(m, total_steps) for m in milestones)
     return LambdaLR(optimizer, lambda step: gamma ** sum(step >= m for m in marks))
+
+
+CLOSED_FORM = (LambdaLR, OneCycleLR)
+
+
+def seek(scheduler: LRScheduler, step: int) -> None:
+    """Set a closed-form schedule to where it would be after `step` steps."""
+    if not isinstance(scheduler, CLOSED_FORM):
+        raise TypeError(f"{type(scheduler).__name__} is not a closed-form schedule; use one of trainer.schedules")
+    scheduler.last_epoch = step - 1
+    scheduler.step()
