@@ -43,6 +43,17 @@ def test_eval_mode_scores_a_checkpoint_on_a_split(trained, workdir):
     assert out["val"]["val/acc"] == pytest.approx(best)  # the best checkpoint reproduces its validation score
 
 
+def test_eval_of_a_checkpoint_under_a_bracketed_path(trained, workdir, tmp_path):
+    """The path lands in the summary table's title: text, not rich markup ('[/x]' would be a closing tag)."""
+    run, _ = trained
+    odd = tmp_path / "[" / "x]"
+    odd.mkdir(parents=True)
+    (odd / "best.pt").write_bytes((run / "checkpoints" / "best.pt").read_bytes())
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt='{odd}/best.pt'", "split=val")
+    out = json.loads((latest_run(workdir) / "results.json").read_text())
+    assert out["status"] == "ok" and out["mode"] == "eval" and "val/acc" in out["val"]
+
+
 def test_predict_mode_writes_one_label_per_image(trained, workdir, tmp_path):
     from datasets.captcha import render
     from PIL import Image

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-
 import math
 
 import numpy as np
@@ -36,7 +35,7 @@ def test_trainer_config_accepts_defaults_and_overrides():
     ({"accumulate_grad_batches": 0}, "accumulate_grad_batches"),
     ({"max_time": "soon"}, "is not seconds or [DD:]HH:MM:SS"),
     ({"limit_train_batches": -1}, "limit_train_batches"),
-    ({"schedule_to_max_time": True}, "schedule_to_max_time': needs trainer.max_time"),
+    ({"max_time": "nan"}, "must be a finite number of seconds > 0"),
 ])
 def test_trainer_config_rejects_bad_input_in_one_line(node, words):
     with pytest.raises(UserError) as e:

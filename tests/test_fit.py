@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 
 from datasets.base import ArrayDataset, DataModule
 from models.heads.multi_position import MultiPositionHead
+from trainer import loop
 from trainer.config import TrainerConfig
 from trainer.errors import UserError
 from trainer.loop import Counters, Stage, TaskNet, apply_freeze, fit
@@ -77,20 +79,52 @@ def test_max_steps_and_max_time_stop_the_stage(tmp_path):
     assert result.stop_reason == "max_time=0.5" and result.counters.epoch < 10_000
 
 
-def final_lr(stage: Stage) -> float:
-    return torch.load(stage.run_dir / "checkpoints" / "last.pt", weights_only=False)["scheduler"]["_last_lr"][0]
+class FakeClock:
+    """Stands in for the loop's `time`: each reading of the clock advances it by `tick` seconds, so a time budget
+    ends after a fixed number of readings, on any machine."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
 
 
-def test_schedule_to_max_time_ends_the_decay_when_time_runs_out(tmp_path):
-    """10,000 epochs planned, 1.5 s allowed: fitted to the time, the cosine decays to zero by the end; on steps alone
-    it stops where it barely began."""
-    fitted = toy_stage(tmp_path / "a", max_epochs=10_000, max_time="1.5", schedule_to_max_time=True)
-    plain = toy_stage(tmp_path / "b", max_epochs=10_000, max_time="1.5")
-    for stage in (fitted, plain):
-        stage.scheduler_factory = functools.partial(warmup_cosine, warmup=0.0)
-        result = fit(stage, torch.device("cpu"), None, Counters())
-        assert result.stop_reason == "max_time=1.5" and result.counters.epoch < 10_000
-    assert final_lr(fitted) < 1e-3 and final_lr(plain) > 0.099
+class ListLogger:
+    def __init__(self):
+        self.rows: list[dict[str, float]] = []
+
+    def log(self, metrics: dict[str, float], **index) -> None:
+        self.rows.append(metrics)
+
+    def flush(self) -> None:
+        pass
+
+
+def logged_lrs(stage: Stage, monkeypatch) -> list[float]:
+    monkeypatch.setattr(loop, "time", FakeClock(0.01))
+    stage.loggers = [ListLogger()]
+    stage.scheduler_factory = functools.partial(warmup_cosine, warmup=0.0)
+    result = fit(stage, torch.device("cpu"), None, Counters())
+    assert result.stop_reason == "max_time=3" and result.counters.epoch < 10_000
+    return [row["lr"] for row in stage.loggers[0].rows if "lr" in row]
+
+
+def test_schedule_to_max_time_runs_the_whole_decay_in_the_time(tmp_path, monkeypatch):
+    """10,000 epochs planned, 3 s allowed: fitted to the time, the cosine runs its whole course over the steps that
+    fit (the clock is read about equally often at every step, so time and steps advance together)."""
+    lrs = logged_lrs(toy_stage(tmp_path, max_epochs=10_000, max_time="3", schedule_to_max_time=True), monkeypatch)
+    n = len(lrs)
+    assert n > 50
+    planned = [0.05 * (1 + math.cos(math.pi * (k + 1) / n)) for k in range(n)]
+    assert max(abs(a - b) for a, b in zip(lrs, planned)) < 0.005 and lrs[-1] < 1e-3
+
+
+def test_without_schedule_to_max_time_the_time_budget_cuts_the_schedule_short(tmp_path, monkeypatch):
+    lrs = logged_lrs(toy_stage(tmp_path, max_epochs=10_000, max_time="3"), monkeypatch)
+    total = 10_000 * 4  # 64 samples in batches of 16
+    assert lrs[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * len(lrs) / total))) and lrs[-1] > 0.099
 
 
 def test_schedule_to_max_time_refuses_a_recursive_schedule(tmp_path):

@@ -85,11 +85,12 @@ def test_an_error_on_every_rank_is_one_line_under_torchrun(workdir):
 
 # Rank 1's clock runs five times fast: its own check would cross max_time at a fifth of rank 0's step count.
 FAST_CLOCK_ON_RANK_1 = '''
-import os, time
+import os, pathlib, time
 if os.environ.get("RANK") == "1":
     _real = time.monotonic
     _t0 = _real()
     time.monotonic = lambda: _t0 + 5 * (_real() - _t0)
+    pathlib.Path(__file__).with_name("rank1_clock_is_fast").touch()
 '''
 
 
@@ -108,11 +109,12 @@ def test_ranks_stop_on_max_time_together_even_when_their_clocks_disagree(workdir
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=150)
+        out, _ = proc.communicate(timeout=400)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         pytest.fail("the ranks did not finish together: one stopped on max_time while the other kept training")
     assert proc.returncode == 0, out[-3000:]
+    assert (tmp_path / "rank1_clock_is_fast").is_file()  # the skew really was in place
     run = next(iter(set(run_dirs(workdir)) - before))
     assert "finished (max_time=4)" in (run / "run.log").read_text()

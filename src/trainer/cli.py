@@ -197,11 +197,10 @@ def job(cfg) -> dict:
 
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from rich.markup import escape
 
     from . import distributed as dist
     from .errors import UserError
-    from rich.markup import escape
-
     from .progress import console
     from .run import run
 

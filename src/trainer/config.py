@@ -1,6 +1,7 @@
 """Typed view of the `trainer:` config section, so that a typo or a bad value fails before any work starts."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -21,6 +22,7 @@ class TrainerConfig:
     max_time: Optional[str] = None  # seconds ("1800") or "HH:MM:SS"
     # The lr schedule runs on the larger of the step and the time fractions, so its decay ends with whichever budget
     # ends first (budgeted training, Li et al. 2020): a run cut by max_time on a busy machine still anneals.
+    # Nothing to fit to without max_time.
     schedule_to_max_time: bool = False
     # Validation cadence.
     val_every_n_epochs: int = 1
@@ -99,8 +101,6 @@ def _check(cfg: TrainerConfig, where: str) -> None:
         raise bad("monitor_mode", f"'{cfg.monitor_mode}' is not max or min")
     if cfg.max_time is not None:
         parse_duration(cfg.max_time, f"{where}.max_time")
-    elif cfg.schedule_to_max_time:
-        raise bad("schedule_to_max_time", "needs trainer.max_time (the budget to fit the schedule to)")
     if cfg.log_every_n_steps < 1:
         raise bad("log_every_n_steps", "must be >= 1")
 
@@ -120,6 +120,6 @@ def parse_duration(value: str | int | float, key: str = "max_time") -> float:
                 seconds += part * unit
     except ValueError:
         raise UserError(f"bad value for '{key}': '{text}' is not seconds or [DD:]HH:MM:SS") from None
-    if seconds <= 0:
-        raise UserError(f"bad value for '{key}': must be > 0")
+    if not 0 < seconds < math.inf:  # float() also reads "nan" and "inf"
+        raise UserError(f"bad value for '{key}': must be a finite number of seconds > 0")
     return seconds

@@ -5,6 +5,7 @@ prints. Outside torchrun every helper degrades to the single-process case.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import os
 from datetime import timedelta
@@ -65,6 +66,7 @@ def shutdown(wait: bool = True) -> None:
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+        _host_group.cache_clear()
         gc.collect()
 
 
@@ -104,9 +106,16 @@ def rank0_value(x: float) -> float:
     broadcasts its stop decision the same way."""
     if not is_distributed():
         return x
-    t = torch.tensor(x, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.broadcast(t, src=0)
+    t = torch.tensor(x, dtype=torch.float64)
+    dist.broadcast(t, src=0, group=_host_group())
     return t.item()
+
+
+@functools.cache
+def _host_group() -> dist.ProcessGroup:
+    """A gloo group over all ranks for host-side values: a broadcast through NCCL would also wait for the GPU at every
+    call (detectron2's comm.py keeps such a group for the same reason)."""
+    return dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else dist.group.WORLD
 
 
 def barrier() -> None:

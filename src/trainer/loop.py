@@ -198,6 +198,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     max_steps = 1 if tcfg.fast_dev_run else tcfg.max_steps
     total_steps = steps_per_epoch * max_epochs if max_steps < 0 else min(max_steps, steps_per_epoch * max_epochs)
     max_seconds = parse_duration(tcfg.max_time) if tcfg.max_time else math.inf
+    fit_schedule_to_time = tcfg.schedule_to_max_time and max_seconds < math.inf  # nothing to fit to without it
 
     # ---- optimisation --------------------------------------------------------------------------------------------
     net.to(device)
@@ -210,7 +211,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         scheduler = stage.scheduler_factory(optimizer, total_steps=total_steps) if stage.scheduler_factory else None
     except (ValueError, TypeError) as e:
         raise UserError(f"cannot build the optimizer or schedule: {e}; check the optim.* and sched.* config") from None
-    if tcfg.schedule_to_max_time and scheduler is not None and not isinstance(scheduler, CLOSED_FORM):
+    if fit_schedule_to_time and scheduler is not None and not isinstance(scheduler, CLOSED_FORM):
         raise UserError(f"trainer.schedule_to_max_time moves the schedule by time, which {type(scheduler).__name__} "
                         "cannot do; use one of trainer.schedules (sched=onecycle, cosine, step, none)")
     use_scaler = tcfg.precision == "fp16"
@@ -300,6 +301,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     interval_loss = torch.zeros((), device=device)  # loss summed since the last log line
     interval_batches, interval_samples, interval_t0 = 0, 0, time.monotonic()
     t_start = time.monotonic() - counters.train_seconds
+    elapsed = counters.train_seconds  # time spent in this stage as rank 0 counts it, refreshed after every step
     stop_reason = None
     def train_mode() -> None:
         net.train()
@@ -341,10 +343,9 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            elapsed = time.monotonic() - t_start
-            if max_seconds < math.inf:
-                elapsed = dist.rank0_value(elapsed)  # one clock for every rank: see rank0_value
-            if scheduler is not None and tcfg.schedule_to_max_time:
+            if scheduler is not None and fit_schedule_to_time:
+                # never behind the step count (so a machine fast enough runs the schedule as planned); OneCycle ends
+                # at total_steps. `elapsed` is from the previous step's stop check: one step behind, no extra sync.
                 by_time = math.ceil(total_steps * elapsed / max_seconds)
                 seek(scheduler, min(max(scheduler.last_epoch + 1, by_time), total_steps))
             elif scheduler is not None:
@@ -373,6 +374,8 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             if tcfg.checkpoint_every_n_steps and counters.step % tcfg.checkpoint_every_n_steps == 0:
                 counters.train_seconds = time.monotonic() - t_start
                 save_last()
+            if max_seconds < math.inf:  # rank 0's clock decides for every rank (see rank0_value)
+                elapsed = dist.rank0_value(time.monotonic() - t_start)
             if max_steps > 0 and counters.step >= max_steps:
                 stop_reason = stop_reason or f"max_steps={max_steps}"
             elif elapsed >= max_seconds:

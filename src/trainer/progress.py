@@ -6,8 +6,10 @@ loop keeps on the device, and it is read (one host sync) only when the bar actua
 from __future__ import annotations
 
 import time
+
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -47,7 +49,7 @@ class ProgressBar:
                 transient=False,
             )
             self._progress.start()
-        self._task = self._progress.add_task(description, total=total, rate="-", loss="-")
+        self._task = self._progress.add_task(escape(description), total=total, rate="-", loss="-")
         self._t0 = self._last = time.monotonic()
         self._samples = 0
 
@@ -80,11 +82,12 @@ class ProgressBar:
 
 
 def summary_table(title: str, rows: dict[str, object]) -> None:
-    table = Table(title=title, show_header=True, header_style="bold")
+    """Print rows as a table; titles and values are text, not rich markup (a path may hold '[...]')."""
+    table = Table(title=escape(title), show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in rows.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(escape(key), f"{value:.4f}" if isinstance(value, float) else escape(str(value)))
     console.print(table)
 
 

@@ -232,7 +232,7 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
         if fit_result is not None:
             rows[f"best {fit_result.monitor}"] = fit_result.best
         rows.update(result.get("test", {}))
-        rows["time (s)"] = result["train_seconds"]
+        rows["time (s)"] = f"{result['train_seconds']:,.0f}"  # not the 4 decimals of a metric
         summary_table(f"{cfg.get('task_name')}: done", rows)
     return result
 
