@@ -121,6 +121,18 @@ def test_schedule_to_max_time_runs_the_whole_decay_in_the_time(tmp_path, monkeyp
     assert max(abs(a - b) for a, b in zip(lrs, planned)) < 0.005 and lrs[-1] < 1e-3
 
 
+def test_rank_0s_clock_decides_both_the_stop_and_the_schedule(tmp_path, monkeypatch):
+    """Under torchrun every rank must stop, and set its lr, by rank 0's time (distributed.rank0_value). Here "rank 0"
+    counts twice our time: the run must stop at about half the steps, its cosine complete over them."""
+    ours = logged_lrs(toy_stage(tmp_path / "a", max_epochs=10_000, max_time="3", schedule_to_max_time=True),
+                      monkeypatch)
+    monkeypatch.setattr(loop.dist, "rank0_value", lambda seconds: 2 * seconds)
+    theirs = logged_lrs(toy_stage(tmp_path / "b", max_epochs=10_000, max_time="3", schedule_to_max_time=True),
+                        monkeypatch)
+    assert abs(len(theirs) - len(ours) / 2) <= 2 and theirs[-1] < 1e-3
+    assert theirs[len(theirs) // 2] == pytest.approx(0.05, abs=0.005)  # halfway down the cosine at half the steps
+
+
 def test_without_schedule_to_max_time_the_time_budget_cuts_the_schedule_short(tmp_path, monkeypatch):
     lrs = logged_lrs(toy_stage(tmp_path, max_epochs=10_000, max_time="3"), monkeypatch)
     total = 10_000 * 4  # 64 samples in batches of 16
@@ -152,3 +164,14 @@ def test_also_evaluate_logs_extra_splits(tmp_path):
     assert any("train/acc" in r and "val/acc" in r for r in rows)
     with pytest.raises(Exception, match="split 'nope' does not exist"):
         fit(toy_stage(tmp_path / "x", also_evaluate=["nope"]), torch.device("cpu"), None, Counters())
+
+
+def test_without_a_validation_split_the_final_weights_are_best(tmp_path, caplog):
+    stage = toy_stage(tmp_path, max_epochs=2)
+    del stage.data.splits["val"]
+    with caplog.at_level("INFO", logger="trainer"):
+        result = fit(stage, torch.device("cpu"), None, Counters())
+    assert result.best is None and "no validation split: best.pt holds the final weights" in caplog.text
+    best = torch.load(stage.best_path, weights_only=True)["net"]
+    for key, value in stage.net.state_dict().items():
+        assert torch.equal(best[key], value), key

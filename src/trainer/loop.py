@@ -404,5 +404,6 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             save_weights(stage.best_path, counters.epoch)  # nothing to select on: the final weights are the best
     save_last(done=True)
     log.info(f"[{stage.name}] finished ({stop_reason or f'max_epochs={max_epochs}'}): {counters.step} steps in "
-             f"{counters.train_seconds:.0f}s; best {monitor} = {tracker.best}")
+             f"{counters.train_seconds:.0f}s; " + (f"best {monitor} = {tracker.best}" if val_loader is not None
+                                                   else "no validation split: best.pt holds the final weights"))
     return FitResult(counters=counters, monitor=monitor, best=tracker.best, stop_reason=stop_reason)

@@ -229,7 +229,7 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
         if csv_logger is not None and csv_logger.rows:
             plot_curves(csv_logger.rows, run_dir / "curves.png")
         rows = {"run": str(run_dir)}
-        if fit_result is not None:
+        if fit_result is not None and fit_result.best is not None:
             rows[f"best {fit_result.monitor}"] = fit_result.best
         rows.update(result.get("test", {}))
         rows["time (s)"] = f"{result['train_seconds']:,.0f}"  # not the 4 decimals of a metric
