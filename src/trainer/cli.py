@@ -197,11 +197,10 @@ def job(cfg) -> dict:
 
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from rich.markup import escape
 
     from . import distributed as dist
     from .errors import UserError
-    from .progress import console
+    from .progress import print_error
     from .run import run
 
     hc = HydraConfig.get()
@@ -221,7 +220,7 @@ def job(cfg) -> dict:
             with open(run_dir / "run.log", "a") as f:
                 f.write("".join(traceback.format_exception(e)))
         if dist.is_main():
-            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+            print_error(message)
             with open(run_dir / "run.log", "a") as f:
                 f.write(f"error: {message}\n")
             (run_dir / "results.json").write_text(

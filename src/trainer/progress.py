@@ -9,13 +9,15 @@ import time
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-console = Console(stderr=True)
+# markup=False: what we print is data (paths, overrides such as noise_shape=[null,1], errors that name their source
+# as [/.../pair.cc:545]), and rich would read its '[...]' as style tags, dropping text or raising MarkupError.
+console = Console(stderr=True, markup=False)
 if not console.is_terminal:  # logs and CI: long lines rather than wrapped at 80 columns
-    console = Console(stderr=True, width=200)
+    console = Console(stderr=True, width=200, markup=False)
 
 
 class ProgressBar:
@@ -36,7 +38,7 @@ class ProgressBar:
             return
         if self._progress is None:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:>7} samples/s"),
@@ -49,7 +51,7 @@ class ProgressBar:
                 transient=False,
             )
             self._progress.start()
-        self._task = self._progress.add_task(escape(description), total=total, rate="-", loss="-")
+        self._task = self._progress.add_task(description, total=total, rate="-", loss="-")
         self._t0 = self._last = time.monotonic()
         self._samples = 0
 
@@ -82,13 +84,17 @@ class ProgressBar:
 
 
 def summary_table(title: str, rows: dict[str, object]) -> None:
-    """Print rows as a table; titles and values are text, not rich markup (a path may hold '[...]')."""
-    table = Table(title=escape(title), show_header=True, header_style="bold")
+    table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in rows.items():
-        table.add_row(escape(key), f"{value:.4f}" if isinstance(value, float) else escape(str(value)))
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def print_error(message: str) -> None:
+    """One `error: MESSAGE` line on the console, the prefix in bold red."""
+    console.print(Text.assemble(("error:", "bold red"), f" {message}"), highlight=False, soft_wrap=True)
 
 
 def log_handler():

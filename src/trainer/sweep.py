@@ -32,7 +32,6 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    from rich.markup import escape
     from rich.table import Table
 
     from .progress import console
@@ -45,15 +44,15 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    table = Table(title=f"sweep: {escape(str(sweep_dir))}", header_style="bold")
+    table = Table(title=f"sweep: {sweep_dir}", header_style="bold")
     shown = [c for c in columns if c not in ("dir", "error")]
     for c in shown:
         table.add_column(c, justify="right" if c not in ("overrides", "status") else "left")
     for r in rows:
-        table.add_row(*(f"{r[c]:.4f}" if isinstance(r.get(c), float) else escape(str(r.get(c, ""))) for c in shown),
+        table.add_row(*(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in shown),
                       style="red" if r["status"] != "ok" else None)
     console.print(table)
-    console.print(f"summary written to {escape(str(Path(sweep_dir) / 'summary.csv'))}")
+    console.print(f"summary written to {Path(sweep_dir) / 'summary.csv'}")
     return rows
 
 

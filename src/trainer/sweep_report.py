@@ -24,7 +24,6 @@ from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from rich.markup import escape
 
 from .errors import UserError
 
@@ -193,7 +192,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from . import distributed as dist
-        from .progress import console
+        from .progress import console, print_error
 
         if not dist.is_main():
             return
@@ -202,9 +201,9 @@ class SweepReport(Callback):
             write_report(sweep_dir, self.param, self.metrics, list(self.gap) if self.gap else None, self.at,
                          self.title)
         except UserError as e:
-            console.print(f"[bold red]error:[/] sweep report: {escape(str(e))}", highlight=False)
+            print_error(f"sweep report: {e}")
             return
-        console.print(f"sweep report: {escape(str(sweep_dir / 'report.md'))}, report.csv, report.png")
+        console.print(f"sweep report: {sweep_dir / 'report.md'}, report.csv, report.png")
 
 
 def _saved_settings(sweep_dir: Path) -> dict[str, Any]:
