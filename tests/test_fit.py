@@ -102,13 +102,20 @@ class ListLogger:
         pass
 
 
-def logged_lrs(stage: Stage, monkeypatch) -> list[float]:
+def logged_lrs(stage: Stage, monkeypatch, stop: str | None = "max_time=3") -> list[float]:
     monkeypatch.setattr(loop, "time", FakeClock(0.01))
     stage.loggers = [ListLogger()]
     stage.scheduler_factory = functools.partial(warmup_cosine, warmup=0.0)
     result = fit(stage, torch.device("cpu"), None, Counters())
-    assert result.stop_reason == "max_time=3" and result.counters.epoch < 10_000
+    assert result.stop_reason == stop
     return [row["lr"] for row in stage.loggers[0].rows if "lr" in row]
+
+
+def test_schedule_to_max_time_changes_nothing_when_the_steps_fit_in_the_time(tmp_path, monkeypatch):
+    plain = logged_lrs(toy_stage(tmp_path / "a", max_epochs=20, max_time="100"), monkeypatch, stop=None)
+    fitted = logged_lrs(toy_stage(tmp_path / "b", max_epochs=20, max_time="100", schedule_to_max_time=True),
+                        monkeypatch, stop=None)
+    assert len(plain) == 80 and fitted == plain
 
 
 def test_schedule_to_max_time_runs_the_whole_decay_in_the_time(tmp_path, monkeypatch):
