@@ -15,6 +15,7 @@ from models.heads.multi_position import MultiPositionHead
 from trainer import loop
 from trainer.config import TrainerConfig
 from trainer.errors import UserError
+from trainer.loggers import CSVLogger
 from trainer.loop import Counters, Stage, TaskNet, apply_freeze, fit
 from trainer.schedules import warmup_cosine
 
@@ -91,20 +92,9 @@ class FakeClock:
         return self.now
 
 
-class ListLogger:
-    def __init__(self):
-        self.rows: list[dict[str, float]] = []
-
-    def log(self, metrics: dict[str, float], **index) -> None:
-        self.rows.append(metrics)
-
-    def flush(self) -> None:
-        pass
-
-
 def logged_lrs(stage: Stage, monkeypatch, stop: str | None = "max_time=3") -> list[float]:
     monkeypatch.setattr(loop, "time", FakeClock(0.01))
-    stage.loggers = [ListLogger()]
+    stage.loggers = [CSVLogger(stage.run_dir)]  # keeps its rows in memory too
     stage.scheduler_factory = functools.partial(warmup_cosine, warmup=0.0)
     result = fit(stage, torch.device("cpu"), None, Counters())
     assert result.stop_reason == stop
