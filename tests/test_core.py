@@ -198,6 +198,24 @@ def test_stage_overrides_merge_or_replace_by_target():
         stage_configs(OmegaConf.create({"stages": {"a": {"optimm": {}}}}))
 
 
+def test_command_line_keys_win_over_a_stages_values():
+    cfg = OmegaConf.create({
+        "optim": {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.99]},
+        "trainer": {"max_epochs": 1, "limit_train_batches": 5},
+        "stages": {
+            "a": {"trainer": {"max_epochs": 5}},
+            "b": {"optim": {"_target_": "torch.optim.SGD", "lr": 1e-4}, "trainer": {"max_epochs": 20}},
+        },
+    })
+    pinned = ["trainer.max_epochs", "optim.betas", "trainer.limit_train_batches"]
+    (_, a), (_, b) = stage_configs(cfg, pinned)
+    assert a.trainer.max_epochs == 1 and b.trainer.max_epochs == 1  # the command line's, not the stages' 5 and 20
+    assert "betas" not in b.optim  # a key the stage's replaced section does not have is not forced into it
+    assert b.optim.lr == 1e-4 and b.trainer.limit_train_batches == 5
+    (_, a), (_, b) = stage_configs(cfg)
+    assert (a.trainer.max_epochs, b.trainer.max_epochs) == (5, 20)
+
+
 def test_schedules_shape():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     s = warmup_cosine(opt, total_steps=100, warmup=10)

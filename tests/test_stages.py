@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from conftest import TINY_CAPTCHA, TINY_DATA, TINY_TRAINER, cli, latest_run
+from conftest import TINY_CAPTCHA, TINY_DATA, TINY_MODEL, TINY_TRAINER, cli, latest_run
 
 STAGES = ("stages={pretrain: {trainer: {max_epochs: 1}}, "
           "finetune: {init: {checkpoint: previous}, frozen: ['^model\\.features\\.'], "
@@ -47,3 +47,19 @@ def test_overfit_debug_mode_memorises_two_batches(workdir):
         "sched=none", "model=captcha_crnn", "model.widths=[16,16,32,32]", "model.rnn_hidden=32", "model.dropout=0")
     results = json.loads((latest_run(workdir) / "results.json").read_text())
     assert results["best"] >= 0.99, results  # val = the same two training batches
+
+
+def test_command_line_and_debug_settings_win_over_the_stages(workdir):
+    """A stage's own `trainer.max_epochs` must not undo `trainer.max_epochs=1` or `debug=...` on the command line."""
+    three = STAGES.replace("max_epochs: 1", "max_epochs: 3")
+    args = ["task=captcha", *TINY_MODEL, *TINY_DATA, "trainer.progress=false", three]
+    proc = cli(workdir, *args, "trainer.max_epochs=1")
+    results = json.loads((latest_run(workdir) / "results.json").read_text())
+    assert results["steps"] == 2 * (256 // 32), results  # one epoch per stage, not three
+    assert "trainer.max_epochs=1 from the command line, over the stage's 3" in proc.stderr
+
+    # fast_dev_run writes no checkpoints: the second stage starts from the first one's weights in memory
+    proc = cli(workdir, *args, "debug=fast_dev_run")
+    assert "initialised" in proc.stderr and "fast_dev_run: in memory" in proc.stderr, proc.stderr[-2000:]
+    results = json.loads((latest_run(workdir) / "results.json").read_text())
+    assert results["status"] == "ok" and results["steps"] == 2 and "test/acc" in results["test"], results

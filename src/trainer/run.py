@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .cli import CONF_DIR
 from .config import trainer_config
 from .errors import UserError, one_line
 from .loggers import CSVLogger, plot_curves
@@ -32,6 +33,7 @@ log = logging.getLogger("trainer")
 
 #: Keys of a stage entry that configure the stage itself rather than override a config section.
 STAGE_OPTIONS = ("init", "trainable", "frozen")
+_ABSENT = object()
 
 
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -60,11 +62,14 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 # ---- stages -------------------------------------------------------------------------------------------------------
-def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str, DictConfig]]:
     """The run's stages, each as a full config: the root with the stage's overrides applied.
 
     An override section that names a different `_target_` replaces the root's section (switching Adam for SGD must
-    not carry Adam's betas over); otherwise it is merged key by key.
+    not carry Adam's betas over); otherwise it is merged key by key. The `pinned` keys (what the command line and
+    the debug config set, see `command_line_keys`) keep the root's value in every stage that has the key: a
+    command-line `trainer.max_epochs=1` or `debug=limit` must not be undone by a stage's own `max_epochs`; one
+    stage alone is set with `stages.NAME.KEY=VALUE`.
     """
     base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "stages"])
     stages = cfg.get("stages")
@@ -86,6 +91,11 @@ def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
                 replace = (not isinstance(value, DictConfig) or not isinstance(old, DictConfig)
                            or ("_target_" in value and value.get("_target_") != old.get("_target_")))
                 scfg[key] = value if replace else OmegaConf.merge(old, value)
+            for key in pinned:
+                ours, theirs = OmegaConf.select(base, key, default=_ABSENT), OmegaConf.select(scfg, key, default=_ABSENT)
+                if ours is not _ABSENT and theirs is not _ABSENT and ours != theirs:
+                    OmegaConf.update(scfg, key, ours, merge=False)
+                    log.info(f"[{name}] {key}={ours} from the command line, over the stage's {theirs}")
             scfg.stage = {"name": name, **{k: node.get(k) for k in STAGE_OPTIONS}}
         out.append((str(name), scfg))
     if not out:
@@ -93,8 +103,40 @@ def stage_configs(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
     return out
 
 
+def command_line_keys() -> list[str]:
+    """The dotted config keys this job's command line sets, and those its `debug=` config sets."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return []
+    keys = []
+    for o in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        key = o.key_or_group
+        if o.is_delete() or key.startswith(("stages", "hydra.")):
+            continue
+        value = o.value()
+        if "." in key:
+            keys.append(key)
+        elif isinstance(value, dict):  # trainer={max_epochs: 1}
+            keys += [f"{key}.{k}" for k in _leaf_keys(OmegaConf.create(value))]
+    debug = HydraConfig.get().runtime.choices.get("debug")
+    if debug:
+        keys += _leaf_keys(OmegaConf.load(Path(CONF_DIR) / "debug" / f"{debug}.yaml"))
+    return keys
+
+
+def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        if k == "defaults":
+            continue
+        keys += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, DictConfig) else [f"{prefix}{k}"]
+    return keys
+
+
 def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir: Path, main: bool,
-                loggers: list, prev_best: Path | None) -> Stage:
+                loggers: list, prev_best: Path | dict | None) -> Stage:
     tcfg = trainer_config(scfg.trainer)
     data = build(scfg.dataset, "dataset")
     data.setup()
@@ -129,14 +171,19 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
     )
 
 
-def _init_weights(net: TaskNet, init: DictConfig, prev_best: Path | None, stage: str) -> None:
-    """Seed a stage's weights from a checkpoint: `previous` (the previous stage's best) or a path."""
+def _init_weights(net: TaskNet, init: DictConfig, prev_best: Path | dict | None, stage: str) -> None:
+    """Seed a stage's weights from a checkpoint: `previous` (the previous stage's best) or a path.
+
+    Under fast_dev_run, which writes no checkpoints, `prev_best` is the previous stage's state_dict in memory."""
     source = init.get("checkpoint", "previous")
-    if source == "previous":
-        if prev_best is None:
-            raise UserError(f"stages.{stage}.init.checkpoint=previous but '{stage}' is the first stage")
-        source = prev_best
-    state = ckpt.load(source)["net"]
+    if source != "previous":
+        state = ckpt.load(source)["net"]
+    elif prev_best is None:
+        raise UserError(f"stages.{stage}.init.checkpoint=previous but '{stage}' is the first stage")
+    elif isinstance(prev_best, dict):
+        state, source = prev_best, "the previous stage's weights (fast_dev_run: in memory)"
+    else:
+        state, source = ckpt.load(prev_best)["net"], prev_best
     state = ckpt.filter_state(state, init.get("include"), init.get("exclude"),
                               OmegaConf.to_container(init.rename) if init.get("rename") else None)
     loaded = ckpt.load_partial(net, state, f"stages.{stage}.init from {source}", strict=bool(init.get("strict")))
@@ -164,7 +211,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> dict[str, Any]:
-    stages = stage_configs(cfg)
+    stages = stage_configs(cfg, command_line_keys())
     _check_test_model(stages[-1][1])
     last_path = run_dir / "checkpoints" / "last.pt"
     resume = None
@@ -194,7 +241,7 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
             stage.data.load_state_dict(resume["data"])
         fit_result = fit(stage, device, resume if resuming else None, counters)
         counters = fit_result.counters
-        prev_best = best_path
+        prev_best = {k: v.clone() for k, v in stage.net.state_dict().items()} if stage.tcfg.fast_dev_run else best_path
 
     result: dict[str, Any] = {"task": cfg.get("task_name"), "status": "ok", "run_dir": str(run_dir)}
     if fit_result is not None:
@@ -252,8 +299,6 @@ def _load_into(net: TaskNet, state: dict[str, Any], what: str) -> None:
     except RuntimeError as e:
         raise UserError(f"{what}: {one_line(e)[:300]}") from None
 
-
-_ABSENT = object()
 
 
 def _check_test_model(final_stage: DictConfig) -> None:
