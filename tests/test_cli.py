@@ -43,6 +43,21 @@ def test_eval_mode_scores_a_checkpoint_on_a_split(trained, workdir):
     assert out["val"]["val/acc"] == pytest.approx(best)  # the best checkpoint reproduces its validation score
 
 
+def test_eval_takes_the_task_and_data_settings_from_the_checkpoint(trained, workdir):
+    """No task= and none of the run's dataset overrides (64x24 images, 64 test captchas): the checkpoint supplies
+    them, so the run's test score comes back; before, this evaluated 160x60 captchas and crashed in the model."""
+    run, _ = trained
+    proc = cli(workdir, "mode=eval", f"ckpt={run}", "trainer.progress=false")
+    assert "dataset settings as the checkpoint was trained: width=64 height=24" in proc.stderr
+    out = json.loads((latest_run(workdir) / "results.json").read_text())
+    assert out["test"]["test/loss"] == pytest.approx(json.loads((run / "results.json").read_text())["test"]["test/loss"])
+    proc = cli(workdir, "mode=eval", f"ckpt={run}", "dataset.test_size=32", check=False)  # the command line wins
+    assert proc.returncode == 0 and "test_size=" not in proc.stderr.split("dataset settings")[1].split("\n")[0]
+    proc = cli(workdir, "task=segmentation", "mode=eval", f"ckpt={run}", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "error: ckpt=") and "was trained by task=captcha, not task=segmentation" in proc.stderr
+
+
 def test_eval_of_a_checkpoint_under_a_bracketed_path(trained, workdir, tmp_path):
     """The path lands in the summary table's title: text, not rich markup ('[/x]' would be a closing tag)."""
     run, _ = trained

@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         overrides = _resume_overrides(overrides)
+        overrides = _checkpoint_task(overrides)
         if not any(f in flags for f in PASS_THROUGH_FLAGS):
             validate(overrides, multirun)
     except UserError as e:
@@ -286,3 +287,19 @@ def _resume_overrides(overrides: list[str]) -> list[str]:
     original = [o for o in OmegaConf.load(saved) if not str(o).startswith("resume=")]
     rest = [o for o in overrides if not o.startswith("resume=")]
     return [*original, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def _checkpoint_task(overrides: list[str]) -> list[str]:
+    """mode=eval/predict without task=: the task the checkpoint was trained by (not the default, captcha)."""
+    def last(key: str) -> str | None:
+        given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+        return given[-1] if given else None
+
+    if last("mode") not in ("eval", "predict") or not last("ckpt") or last("task") is not None:
+        return overrides
+    from omegaconf import OmegaConf
+
+    from .checkpoint import load
+
+    task = OmegaConf.create(load(last("ckpt")).get("config") or "{}").get("task_name")
+    return [f"task={task}", *overrides] if task else overrides

@@ -106,12 +106,9 @@ def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str
 def command_line_keys() -> list[str]:
     """The dotted config keys this job's command line sets, and those its `debug=` config sets."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if not HydraConfig.initialized():
-        return []
     keys = []
-    for o in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+    for o in _task_overrides():
         key = o.key_or_group
         if o.is_delete() or key.startswith(("stages", "hydra.")):
             continue
@@ -120,7 +117,7 @@ def command_line_keys() -> list[str]:
             keys.append(key)
         elif isinstance(value, dict):  # trainer={max_epochs: 1}
             keys += [f"{key}.{k}" for k in _leaf_keys(OmegaConf.create(value))]
-    debug = HydraConfig.get().runtime.choices.get("debug")
+    debug = HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
     if debug:
         keys += _leaf_keys(OmegaConf.load(Path(CONF_DIR) / "debug" / f"{debug}.yaml"))
     return keys
@@ -327,14 +324,19 @@ def _with_test_options(stage: Stage, options: dict[str, Any]) -> TaskNet:
     return net
 
 
-def _command_line_model_overrides() -> list[tuple[str, Any]]:
-    """The `model.KEY=VALUE` overrides of this job's command line, parsed as Hydra parses them."""
+def _task_overrides() -> list:
+    """This job's command-line overrides, parsed as Hydra parses them."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if not HydraConfig.initialized():
         return []
-    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+
+
+def _command_line_model_overrides() -> list[tuple[str, Any]]:
+    """The `model.KEY=VALUE` overrides of this job's command line."""
+    overrides = _task_overrides()
     for o in overrides:
         if o.key_or_group == "model" or (o.key_or_group.startswith("model.") and o.is_delete()):
             log.warning(f"{o.input_line}: ignored; the checkpoint's own model config decides the architecture")
@@ -342,8 +344,32 @@ def _command_line_model_overrides() -> list[tuple[str, Any]]:
             if o.key_or_group.startswith("model.") and not o.is_delete()]
 
 
+def _checkpoint_dataset(cfg: DictConfig, saved: DictConfig) -> DictConfig:
+    """The dataset config for eval/predict: the checkpoint's settings (image size, rendering, vocabulary options),
+    except for paths, which come from this machine's config (`${paths.*}`), and `dataset.*` keys given on this
+    command line. A different dataset (`dataset=icwb2` to score a segmenter on SIGHAN files) is taken as it is."""
+    current = cfg.dataset
+    theirs = saved.get("dataset")
+    if not isinstance(theirs, DictConfig) or theirs.get("_target_") != current.get("_target_"):
+        return current
+    given = {o.key_or_group.split(".")[1] for o in _task_overrides() if o.key_or_group.startswith("dataset.")}
+    raw = OmegaConf.to_container(current, resolve=False)
+    out, taken = current.copy(), []
+    with open_dict(out):
+        for key, value in raw.items():
+            from_here = key in given or (isinstance(value, str) and "${paths." in value) or key not in theirs
+            if not from_here and theirs[key] != current[key]:
+                out[key] = theirs[key]
+                taken.append(f"{key}={theirs[key]}")
+    if taken:
+        log.info(f"{cfg.mode}: dataset settings as the checkpoint was trained: {' '.join(taken)} "
+                 "(dataset.KEY=VALUE on the command line overrides one)")
+    return out
+
+
 def _checkpoint_net(cfg: DictConfig, device: torch.device):
-    """Model from the checkpoint's own config, dataset and head from the current one (paths, decode options).
+    """Model from the checkpoint's own config, dataset settings from it too (see `_checkpoint_dataset`), head from
+    the current config (decode options).
 
     `model.*` overrides given on the command line still apply over the checkpoint's model config: inference options
     such as test-time augmentation (`model.tta_shift=1`) are the user's to choose at evaluation.
@@ -352,10 +378,13 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
         raise UserError(f"mode={cfg.mode} needs ckpt=PATH (a .pt file or a run directory)")
     state = ckpt.load(cfg.ckpt)
     saved = OmegaConf.create(state["config"])
+    if saved.get("task_name") not in (None, cfg.get("task_name")):
+        raise UserError(f"ckpt={cfg.ckpt} was trained by task={saved.task_name}, not task={cfg.get('task_name')}; "
+                        f"give task={saved.task_name} (or leave task= out)")
     applied = _override_model(saved.model, _command_line_model_overrides())
     for text in applied:
         log.info(f"{cfg.mode}: {text} over the checkpoint's model config")
-    data = build(cfg.dataset, "dataset")
+    data = build(_checkpoint_dataset(cfg, saved), "dataset")
     data.load_state_dict(state.get("data") or {})
     data.setup()
     with open_dict(cfg):
