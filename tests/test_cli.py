@@ -50,7 +50,8 @@ def test_eval_takes_the_task_and_data_settings_from_the_checkpoint(trained, work
     proc = cli(workdir, "mode=eval", f"ckpt={run}", "trainer.progress=false")
     assert "dataset settings as the checkpoint was trained: width=64 height=24" in proc.stderr
     out = json.loads((latest_run(workdir) / "results.json").read_text())
-    assert out["test"]["test/loss"] == pytest.approx(json.loads((run / "results.json").read_text())["test"]["test/loss"])
+    trained_test = json.loads((run / "results.json").read_text())["test"]
+    assert out["test"]["test/loss"] == pytest.approx(trained_test["test/loss"])
     proc = cli(workdir, "mode=eval", f"ckpt={run}", "dataset.test_size=32", check=False)  # the command line wins
     assert proc.returncode == 0 and "test_size=" not in proc.stderr.split("dataset settings")[1].split("\n")[0]
     proc = cli(workdir, "task=segmentation", "mode=eval", f"ckpt={run}", check=False)

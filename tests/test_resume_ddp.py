@@ -118,3 +118,47 @@ def test_ranks_stop_on_max_time_together_even_when_their_clocks_disagree(workdir
     assert (tmp_path / "rank1_clock_is_fast").is_file()  # the skew really was in place
     run = next(iter(set(run_dirs(workdir)) - before))
     assert "finished (max_time=4)" in (run / "run.log").read_text()
+
+
+def test_ctrl_c_saves_the_current_step_and_resume_matches_an_uninterrupted_run(workdir):
+    """SIGINT mid-epoch, with no mid-epoch checkpointing configured: last.pt is written at the interrupted step."""
+    args = [a for a in RESUMABLE if not a.startswith("trainer.checkpoint_every_n_steps")]
+    cli(workdir, "task=captcha", *args)
+    reference = final_weights(latest_run(workdir))
+
+    before = set(run_dirs(workdir))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINER_RUN_STAMP", None)
+    command = [sys.executable, "-m", "trainer", f"paths.output_dir={workdir / 'outputs'}",
+               f"paths.cache_dir={workdir / 'cache'}", "task=captcha", *args, "trainer.log_every_n_steps=1"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # the first logged step of epoch 1
+        if "epoch 1 step 2:" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest[-2000:]
+    run = (set(run_dirs(workdir)) - before).pop()
+    assert f"error: interrupted; resume with: python -m trainer resume={run}" in rest
+    counters = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["counters"]
+    assert counters["epoch"] == 0 and 2 <= counters["batch_in_epoch"] < 8, counters  # inside the first epoch
+
+    cli(workdir, f"resume={run}")
+    resumed = final_weights(run)
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0, msg=key)
+
+
+def test_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(workdir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINER_RUN_STAMP", None)
+    command = [sys.executable, "-m", "trainer", f"paths.output_dir={workdir / 'outputs'}",
+               f"paths.cache_dir={workdir / 'cache'}", "task=captcha", *RESUMABLE, "dataset.train_size=5000"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "rendering" in line:  # setting up the data, before any training step
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest[-2000:]
+    assert "error: interrupted before the first checkpoint was written: nothing to resume" in rest, rest[-2000:]

@@ -73,3 +73,40 @@ class NonFiniteGuard:
                 f"or use trainer.precision=fp32"
             )
         self.last_checked_step = step
+
+
+class GracefulInterrupt:
+    """Ctrl-C (SIGINT) or SIGTERM while training: the loop finishes its optimizer step, writes last.pt and stops,
+    so `resume=RUN_DIR` continues from that very step, as Lightning's SLURM integration checkpoints on its requeue
+    signal. A second signal, or one outside the training steps (data set-up, the final test), interrupts at once.
+
+    Used as a context manager around training; it installs its handlers only in the main thread of a single
+    process. Under torchrun the signal reaches every rank at a different step, so there it leaves Python's default
+    (an immediate KeyboardInterrupt; the last checkpoint written is kept)."""
+
+    def __init__(self, enabled: bool = True):
+        import threading
+
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self.armed = False  # set by the loop while it trains
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested or not self.armed:  # outside the steps (data set-up, the test) there is nothing to finish
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "GracefulInterrupt":
+        import signal
+
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

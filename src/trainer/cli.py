@@ -214,7 +214,11 @@ def job(cfg) -> dict:
         if isinstance(e, UserError):
             message, code = str(e), 2
         elif isinstance(e, KeyboardInterrupt):
-            message, code = f"interrupted; resume with: python -m trainer resume={run_dir}", 130
+            code = 130
+            if (run_dir / "checkpoints" / "last.pt").is_file():
+                message = f"interrupted; resume with: python -m trainer resume={run_dir}"
+            else:
+                message = "interrupted before the first checkpoint was written: nothing to resume; run it again"
         else:
             message, code = f"{type(e).__name__}: {e} (traceback in {run_dir / 'run.log'})", 1
             with open(run_dir / "run.log", "a") as f:

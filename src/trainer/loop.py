@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .callbacks import MonitorTracker, NonFiniteGuard
+from .callbacks import GracefulInterrupt, MonitorTracker, NonFiniteGuard
 from .config import TrainerConfig, parse_duration
 from .ema import WeightEMA
 from .errors import UserError
@@ -163,8 +163,11 @@ def evaluate(net: TaskNet, loader, device: torch.device, precision: str, limit: 
     return head.compute()
 
 
-def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, counters: Counters) -> FitResult:
-    """Train one stage until a budget is spent or early stopping triggers; keep best.pt and last.pt."""
+def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, counters: Counters,
+        interrupt: GracefulInterrupt | None = None) -> FitResult:
+    """Train one stage until a budget is spent or early stopping triggers; keep best.pt and last.pt.
+
+    With `interrupt`, a Ctrl-C or SIGTERM ends the current step, writes last.pt and raises KeyboardInterrupt."""
     tcfg, data, net = stage.tcfg, stage.data, stage.net
     main = stage.run_dir is not None
     ckpt_dir = stage.run_dir / "checkpoints" if main else None
@@ -308,6 +311,8 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         for m in stage.bn_frozen:  # a frozen backbone keeps its batch-norm statistics
             m.eval()
 
+    if interrupt is not None:
+        interrupt.armed = True
     while counters.epoch < max_epochs and stop_reason is None:
         for sampler_or_set in (train_loader.batch_sampler, train_loader.dataset):
             if hasattr(sampler_or_set, "set_epoch"):
@@ -374,6 +379,10 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             if tcfg.checkpoint_every_n_steps and counters.step % tcfg.checkpoint_every_n_steps == 0:
                 counters.train_seconds = time.monotonic() - t_start
                 save_last()
+            if interrupt is not None and interrupt.requested:  # resumable from this very step
+                counters.train_seconds = time.monotonic() - t_start
+                save_last()
+                raise KeyboardInterrupt
             if max_seconds < math.inf:  # rank 0's clock decides for every rank (see rank0_value)
                 elapsed = dist.rank0_value(time.monotonic() - t_start)
             if max_steps > 0 and counters.step >= max_steps:
@@ -399,6 +408,8 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         save_last()
 
     progress.close()
+    if interrupt is not None:
+        interrupt.armed = False
     if val_loader is None:
         with averaged_weights():
             save_weights(stage.best_path, counters.epoch)  # nothing to select on: the final weights are the best

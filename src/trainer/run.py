@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .callbacks import GracefulInterrupt
 from .cli import CONF_DIR
 from .config import trainer_config
 from .errors import UserError, one_line
@@ -92,7 +93,8 @@ def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str
                            or ("_target_" in value and value.get("_target_") != old.get("_target_")))
                 scfg[key] = value if replace else OmegaConf.merge(old, value)
             for key in pinned:
-                ours, theirs = OmegaConf.select(base, key, default=_ABSENT), OmegaConf.select(scfg, key, default=_ABSENT)
+                ours = OmegaConf.select(base, key, default=_ABSENT)
+                theirs = OmegaConf.select(scfg, key, default=_ABSENT)
                 if ours is not _ABSENT and theirs is not _ABSENT and ours != theirs:
                     OmegaConf.update(scfg, key, ours, merge=False)
                     log.info(f"[{name}] {key}={ours} from the command line, over the stage's {theirs}")
@@ -225,20 +227,25 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
 
     t0 = time.monotonic()
     prev_best, stage, fit_result = None, None, None
-    for index, (name, scfg) in enumerate(stages):
-        best_path = run_dir / "checkpoints" / ("best.pt" if index == len(stages) - 1 else f"best-{name}.pt")
-        if index < counters.stage_index or (index == counters.stage_index and counters.stage_done):
-            prev_best = best_path  # finished before the interruption
-            continue
-        resuming = resume is not None and index == counters.stage_index
-        if not resuming:
-            counters = Counters(stage_index=index, global_step=counters.global_step)
-        stage = build_stage(scfg, name, index, len(stages), run_dir, main, loggers, prev_best)
-        if resuming:
-            stage.data.load_state_dict(resume["data"])
-        fit_result = fit(stage, device, resume if resuming else None, counters)
-        counters = fit_result.counters
-        prev_best = {k: v.clone() for k, v in stage.net.state_dict().items()} if stage.tcfg.fast_dev_run else best_path
+    # Ctrl-C or SIGTERM: last.pt at the end of the current step, then exit with the resume command (cli.job)
+    with GracefulInterrupt(enabled=dist.world_size() == 1) as interrupt:
+        for index, (name, scfg) in enumerate(stages):
+            best_path = run_dir / "checkpoints" / ("best.pt" if index == len(stages) - 1 else f"best-{name}.pt")
+            if index < counters.stage_index or (index == counters.stage_index and counters.stage_done):
+                prev_best = best_path  # finished before the interruption
+                continue
+            resuming = resume is not None and index == counters.stage_index
+            if not resuming:
+                counters = Counters(stage_index=index, global_step=counters.global_step)
+            stage = build_stage(scfg, name, index, len(stages), run_dir, main, loggers, prev_best)
+            if resuming:
+                stage.data.load_state_dict(resume["data"])
+            fit_result = fit(stage, device, resume if resuming else None, counters, interrupt)
+            counters = fit_result.counters
+            in_memory = stage.tcfg.fast_dev_run  # it writes no checkpoint for the next stage to start from
+            prev_best = {k: v.clone() for k, v in stage.net.state_dict().items()} if in_memory else best_path
+            if interrupt.requested:  # during the stage's last validation: stop before the next stage or the test
+                raise KeyboardInterrupt
 
     result: dict[str, Any] = {"task": cfg.get("task_name"), "status": "ok", "run_dir": str(run_dir)}
     if fit_result is not None:
