@@ -160,8 +160,17 @@ def test_non_finite_guard_raises_only_after_a_bad_loss():
     g.check(5, "last.pt")
     g.observe(torch.tensor(float("nan")))
     g.observe(torch.tensor(2.0))
-    with pytest.raises(NonFiniteLossError, match="between steps 5 and 9"):
-        g.check(9, "last.pt")
+    with pytest.raises(NonFiniteLossError, match="between steps 5 and 9") as e:
+        g.check(9, "/no/such/last.pt")
+    assert "no checkpoint had been written yet" in str(e.value) and "precision" not in str(e.value)  # fp32 already
+
+
+def test_non_finite_guard_names_the_checkpoint_kept_and_fp32_only_when_not_in_use(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"")
+    g = NonFiniteGuard(torch.device("cpu"), precision="bf16")
+    g.observe(torch.tensor(float("inf")))
+    with pytest.raises(NonFiniteLossError, match=f"last good checkpoint: {tmp_path / 'last.pt'}.*precision=fp32"):
+        g.check(3, str(tmp_path / "last.pt"))
 
 
 # ---- parameters, stages, schedules -------------------------------------------------------------------------------

@@ -102,10 +102,11 @@ def logged_lrs(stage: Stage, monkeypatch, stop: str | None = "max_time=3") -> li
 
 
 def test_schedule_to_max_time_changes_nothing_when_the_steps_fit_in_the_time(tmp_path, monkeypatch):
-    plain = logged_lrs(toy_stage(tmp_path / "a", max_epochs=20, max_time="100"), monkeypatch, stop=None)
+    plain = logged_lrs(toy_stage(tmp_path / "a", max_epochs=20, max_time="100"), monkeypatch, stop="max_epochs=20")
     fitted = logged_lrs(toy_stage(tmp_path / "b", max_epochs=20, max_time="100", schedule_to_max_time=True),
-                        monkeypatch, stop=None)
+                        monkeypatch, stop="max_epochs=20")
     assert len(plain) == 80 and fitted == plain
+    assert plain[0] == 0.1 and plain[-1] < 1e-3  # step 1 used the peak (warmup=0), step 80 the end of the decay
 
 
 def test_schedule_to_max_time_runs_the_whole_decay_in_the_time(tmp_path, monkeypatch):
@@ -114,7 +115,7 @@ def test_schedule_to_max_time_runs_the_whole_decay_in_the_time(tmp_path, monkeyp
     lrs = logged_lrs(toy_stage(tmp_path, max_epochs=10_000, max_time="3", schedule_to_max_time=True), monkeypatch)
     n = len(lrs)
     assert n > 50
-    planned = [0.05 * (1 + math.cos(math.pi * (k + 1) / n)) for k in range(n)]
+    planned = [0.05 * (1 + math.cos(math.pi * k / n)) for k in range(n)]  # the rate each logged step used
     assert max(abs(a - b) for a, b in zip(lrs, planned)) < 0.005 and lrs[-1] < 1e-3
 
 
@@ -172,3 +173,13 @@ def test_without_a_validation_split_the_final_weights_are_best(tmp_path, caplog)
     best = torch.load(stage.best_path, weights_only=True)["net"]
     for key, value in stage.net.state_dict().items():
         assert torch.equal(best[key], value), key
+
+
+def test_a_resumed_stage_must_keep_its_planned_steps(tmp_path):
+    """The schedule is laid out over total_steps: resuming into a plan of another length (more epochs, other data) is
+    refused before training instead of failing at OneCycle's last step or stretching the schedule unnoticed."""
+    stage = toy_stage(tmp_path, max_epochs=2)
+    result = fit(stage, torch.device("cpu"), None, Counters())
+    assert result.counters.total_steps == 8 and result.stop_reason == "max_epochs=2"  # 64 / 16 x 2
+    with pytest.raises(UserError, match="planned for 8 steps and its config now gives 12"):
+        fit(toy_stage(tmp_path, max_epochs=3), torch.device("cpu"), None, Counters(total_steps=8))

@@ -40,6 +40,15 @@ def test_two_stages_seed_freeze_and_switch_optimizer(workdir):
     assert again["counters"]["stage_index"] == 1 and again["counters"]["stage_done"]
     for k in second:
         assert torch.equal(second[k], again["net"][k]), k
+    resumed = json.loads((run / "results.json").read_text())
+    for key in ("monitor", "best", "steps", "stop_reason"):  # the training record survives a resume that re-tests
+        assert resumed[key] == results[key] and resumed[key] is not None, (key, resumed, results)
+    assert results["stop_reason"] == "max_epochs=2"
+
+    # ... and one that asks for more epochs is refused, not silently ignored
+    proc = cli(workdir, f"resume={run}", "trainer.max_epochs=5", check=False)
+    assert proc.returncode == 2 and "stage 'finetune' ran with trainer.max_epochs=2 and the config now says 5" \
+        in proc.stderr.strip().splitlines()[-1], proc.stderr[-1500:]
 
 
 def test_overfit_debug_mode_memorises_two_batches(workdir):

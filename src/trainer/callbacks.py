@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +47,7 @@ class MonitorTracker:
         return self.patience is not None and self.bad_validations >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_validations": self.bad_validations}
+        return {"best": self.best, "bad_validations": self.bad_validations, "monitor": self.monitor}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_validations = state["best"], state["bad_validations"]
@@ -55,9 +56,10 @@ class MonitorTracker:
 class NonFiniteGuard:
     """Notices a NaN/inf loss without a host sync per step: a flag on the device, read only at check points."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, precision: str = "fp32"):
         self.flag = torch.zeros((), dtype=torch.bool, device=device)
         self.last_checked_step = 0
+        self.precision = precision
 
     def observe(self, loss: torch.Tensor) -> None:
         self.flag |= ~torch.isfinite(loss.detach())
@@ -67,11 +69,13 @@ class NonFiniteGuard:
         from .distributed import all_reduce_sum
 
         if bool(all_reduce_sum(self.flag.float()) > 0):  # a collective: every rank stops together
-            raise NonFiniteLossError(
-                f"the training loss became NaN/inf between steps {self.last_checked_step} and {step}; "
-                f"stopped, last good checkpoint: {last_good}. Lower optim.lr, set trainer.gradient_clip_val, "
-                f"or use trainer.precision=fp32"
-            )
+            kept = f"last good checkpoint: {last_good}" if last_good and Path(last_good).is_file() else \
+                "no checkpoint had been written yet"
+            fixes = ["lower optim.lr", "set trainer.gradient_clip_val"]
+            if self.precision != "fp32":
+                fixes.append("use trainer.precision=fp32")
+            raise NonFiniteLossError(f"the training loss became NaN/inf between steps {self.last_checked_step} and "
+                                     f"{step}; stopped, {kept}. {', '.join(fixes[:-1]).capitalize()} or {fixes[-1]}")
         self.last_checked_step = step
 
 

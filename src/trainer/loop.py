@@ -56,6 +56,8 @@ class Counters:
     step: int = 0  # optimizer steps in this stage
     global_step: int = 0  # optimizer steps over all stages of the run
     train_seconds: float = 0.0  # time spent training this stage, over all resumes (for max_time)
+    stop_reason: str | None = None  # why the stage ended, once it has
+    total_steps: int | None = None  # the plan the schedule is laid out over; a resume must keep it
 
 
 @dataclass
@@ -63,7 +65,7 @@ class FitResult:
     counters: Counters
     monitor: str
     best: float | None
-    stop_reason: str | None
+    stop_reason: str
 
 
 @dataclass
@@ -200,6 +202,11 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     max_epochs = 1 if tcfg.fast_dev_run else tcfg.max_epochs
     max_steps = 1 if tcfg.fast_dev_run else tcfg.max_steps
     total_steps = steps_per_epoch * max_epochs if max_steps < 0 else min(max_steps, steps_per_epoch * max_epochs)
+    if counters.total_steps not in (None, total_steps):  # resuming a stage whose budget or data has changed
+        raise UserError(f"resume: stage '{stage.name}' was planned for {counters.total_steps} steps and its config now "
+                        f"gives {total_steps} (trainer.max_epochs, max_steps or the data changed); a resumed run "
+                        "continues the plan its schedule is laid out over: drop the change, or start a new run")
+    counters.total_steps = total_steps
     max_seconds = parse_duration(tcfg.max_time) if tcfg.max_time else math.inf
     fit_schedule_to_time = tcfg.schedule_to_max_time and max_seconds < math.inf  # nothing to fit to without it
 
@@ -224,7 +231,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     monitor = tcfg.monitor or f"val/{net.head.monitor}"
     tracker = MonitorTracker(monitor, tcfg.monitor_mode or net.head.monitor_mode,
                              tcfg.early_stopping_patience, tcfg.early_stopping_min_delta)
-    guard = NonFiniteGuard(device)
+    guard = NonFiniteGuard(device, tcfg.precision)
 
     if resume is not None:  # continue exactly where last.pt left off
         net.load_state_dict(resume["net"])
@@ -348,6 +355,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used (logged), before the schedule moves it
             if scheduler is not None and fit_schedule_to_time:
                 # never behind the step count (so a machine fast enough runs the schedule as planned); OneCycle ends
                 # at total_steps. `elapsed` is from the previous step's stop check: one step behind, no extra sync.
@@ -365,11 +373,10 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
                 now = time.monotonic()
                 train_loss = float(dist.all_reduce_sum(interval_loss) / (interval_batches * world))
                 rate = interval_samples / max(now - interval_t0, 1e-9)
-                log_metrics({"train/loss": train_loss, "lr": optimizer.param_groups[0]["lr"], "samples_per_s": rate},
-                            counters.epoch + 1)
+                log_metrics({"train/loss": train_loss, "lr": lr, "samples_per_s": rate}, counters.epoch + 1)
                 if not progress.enabled:
                     log.info(f"[{stage.name}] epoch {counters.epoch + 1} step {counters.step}: "
-                             f"loss={train_loss:.4f} lr={optimizer.param_groups[0]['lr']:.3g} {rate:,.0f} samples/s")
+                             f"loss={train_loss:.4f} lr={lr:.3g} {rate:,.0f} samples/s")
                 interval_loss.zero_()
                 interval_batches, interval_samples, interval_t0 = 0, 0, now
             if tcfg.val_every_n_steps and counters.step % tcfg.val_every_n_steps == 0 and val_loader is not None:
@@ -386,7 +393,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             if max_seconds < math.inf:  # rank 0's clock decides for every rank (see rank0_value)
                 elapsed = dist.rank0_value(time.monotonic() - t_start)
             if max_steps > 0 and counters.step >= max_steps:
-                stop_reason = stop_reason or f"max_steps={max_steps}"
+                stop_reason = stop_reason or ("fast_dev_run" if tcfg.fast_dev_run else f"max_steps={max_steps}")
             elif elapsed >= max_seconds:
                 stop_reason = stop_reason or f"max_time={tcfg.max_time}"
             if stop_reason:
@@ -413,8 +420,9 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     if val_loader is None:
         with averaged_weights():
             save_weights(stage.best_path, counters.epoch)  # nothing to select on: the final weights are the best
+    counters.stop_reason = stop_reason = stop_reason or f"max_epochs={max_epochs}"
     save_last(done=True)
-    log.info(f"[{stage.name}] finished ({stop_reason or f'max_epochs={max_epochs}'}): {counters.step} steps in "
+    log.info(f"[{stage.name}] finished ({stop_reason}): {counters.step} steps in "
              f"{counters.train_seconds:.0f}s; " + (f"best {monitor} = {tracker.best}" if val_loader is not None
                                                    else "no validation split: best.pt holds the final weights"))
     return FitResult(counters=counters, monitor=monitor, best=tracker.best, stop_reason=stop_reason)

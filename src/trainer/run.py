@@ -219,6 +219,8 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
             raise UserError(f"nothing to resume in {run_dir}: {last_path} does not exist")
         resume = ckpt.load(last_path)
     counters = Counters(**resume["counters"]) if resume else Counters()
+    if resume is not None:
+        _check_same_budget(OmegaConf.create(resume["config"]), stages, counters.stage_index)
 
     loggers = [build(node, f"logger.{key}", run_dir=run_dir) for key, node in (cfg.logger or {}).items()] if main else []
     for logger in loggers:
@@ -251,6 +253,9 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     if fit_result is not None:
         result.update(monitor=fit_result.monitor, best=fit_result.best, steps=counters.global_step,
                       stop_reason=fit_result.stop_reason)
+    elif resume is not None:  # every stage had finished (killed during the test): the record is in last.pt
+        result.update(monitor=resume["tracker"].get("monitor"), best=resume["tracker"]["best"],
+                      steps=counters.global_step, stop_reason=counters.stop_reason)
     final_best = run_dir / "checkpoints" / "best.pt"
     if stage is None:  # resumed a run whose every stage had finished: rebuild the last one for the test
         name, scfg = stages[-1]
@@ -286,6 +291,19 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
         rows["time (s)"] = f"{result['train_seconds']:,.0f}"  # not the 4 decimals of a metric
         summary_table(f"{cfg.get('task_name')}: done", rows)
     return result
+
+
+def _check_same_budget(saved: DictConfig, stages: list[tuple[str, DictConfig]], index: int) -> None:
+    """A resumed stage keeps the budget it started with: its schedule is laid out over it, and a finished stage
+    would silently ignore a larger one."""
+    if index >= len(stages):
+        raise UserError(f"resume: last.pt is from stage {index + 1}, but the config now has {len(stages)} stage(s)")
+    name, current = stages[index]
+    for key in ("max_epochs", "max_steps"):
+        was, now = saved.trainer.get(key), current.trainer.get(key)
+        if was != now:
+            raise UserError(f"resume: stage '{name}' ran with trainer.{key}={was} and the config now says {now}; a "
+                            "resumed run continues the plan it started with: drop the change, or start a new run")
 
 
 def _override_model(model_cfg: DictConfig, items: list[tuple[str, Any]]) -> list[str]:
