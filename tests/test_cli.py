@@ -167,6 +167,7 @@ def test_hydra_flags_keep_their_values_wherever_they_stand(workdir):
     (["mode=eval", "ckpt=/nonexistent.pt"], "checkpoint not found: /nonexistent.pt"),
     (["mode=eval", "ckpt='/no/[/such].pt'"], "checkpoint not found: /no/[/such].pt"),  # not read as rich markup
     (["+model.nonsense=1"], "cannot build model"),
+    (["trainer.limit_train_batches=1.5"], "1.5 is neither a batch count >= 1 nor a fraction in (0.0, 1.0]"),
 ])
 def test_bad_input_fails_with_one_line(workdir, args, words):
     proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, *args, check=False)

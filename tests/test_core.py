@@ -269,3 +269,12 @@ def test_seek_refuses_a_recursive_schedule():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5)
     with pytest.raises(TypeError, match="not a closed-form schedule"):
         seek(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10), 3)
+
+
+def test_a_limit_of_1_is_one_batch_and_1_0_the_whole_split():
+    """Lightning's convention; the trainer config must not turn the int 1 into the float 1.0 on the way."""
+    from datasets.base import resolve_limit
+    from trainer.config import trainer_config
+
+    one = trainer_config(OmegaConf.create({"limit_train_batches": 1, "limit_test_batches": 1.0}))
+    assert resolve_limit(one.limit_train_batches, 10) == 1 and resolve_limit(one.limit_test_batches, 10) == 10

@@ -54,6 +54,13 @@ def test_fashion_mnist_trains_and_saves_the_confusion_matrix(fashion_run):
     assert (fashion_run / "confusion_test.png").is_file() and (fashion_run / "checkpoints" / "best.pt").is_file()
 
 
+def test_limit_test_batches_caps_the_final_test(workdir, fashion_dir):
+    """debug=limit sets it too: a quick check must not score the whole test split (10,000 images x 6 views)."""
+    cli(workdir, "task=fashion_mnist", *TINY_FASHION, "dataset.eval_batch_size=30", "trainer.limit_test_batches=2")
+    rows = list(csv.reader(open(latest_run(workdir, "fashion_mnist") / "confusion_test.csv")))
+    assert sum(int(v) for row in rows[1:] for v in row[1:]) == 60  # 2 batches of 30 of the 100 test images
+
+
 def _test_result(run, key: str = "test/loss") -> float:
     return json.loads((run / "results.json").read_text())["test"][key]
 

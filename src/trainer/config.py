@@ -29,8 +29,10 @@ class TrainerConfig:
     val_every_n_steps: Optional[int] = None
     # Debugging: one batch of each split / a cap on batches / train and validate on the same few batches.
     fast_dev_run: bool = False
-    limit_train_batches: Optional[float] = None  # int = batches, float in (0, 1] = fraction
-    limit_val_batches: Optional[float] = None
+    # int = batches, float in (0, 1] = fraction (Lightning's convention; typed Any so that 1 stays one batch)
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
     overfit_batches: int = 0
     # Optimisation.
     accumulate_grad_batches: int = 1
@@ -93,10 +95,12 @@ def _check(cfg: TrainerConfig, where: str) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise bad(key, "must be >= 1 or null")
-    for key in ("limit_train_batches", "limit_val_batches"):
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         value = getattr(cfg, key)
-        if value is not None and value <= 0:
-            raise bad(key, "must be > 0 (a batch count, or a fraction in (0, 1])")
+        count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        fraction = isinstance(value, float) and 0.0 < value <= 1.0
+        if value is not None and not (count or fraction):
+            raise bad(key, f"{value!r} is neither a batch count >= 1 nor a fraction in (0.0, 1.0]")
     if cfg.monitor_mode not in (None, "max", "min"):
         raise bad("monitor_mode", f"'{cfg.monitor_mode}' is not max or min")
     if cfg.max_time is not None:

@@ -266,7 +266,7 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
             stage.net.load_state_dict(ckpt.load(final_best)["net"])
         net = _with_test_options(stage, tcfg.test_model) if tcfg.test_model else stage.net
         loader = stage.data.loader("test", rank=dist.rank(), world_size=dist.world_size(),
-                                   limit=1 if tcfg.fast_dev_run else None)
+                                   limit=1 if tcfg.fast_dev_run else tcfg.limit_test_batches)
         test = {f"test/{k}": v for k, v in evaluate(net.to(device), loader, device, tcfg.precision,
                                                     split="test").items()}
         net.head.on_validation_end("test", run_dir if main else None)
@@ -425,9 +425,9 @@ def eval_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device) -> dic
     split = cfg.get("split") or "test"
     if not data.has_split(split):
         raise UserError(f"split='{split}' does not exist for this dataset; it has: {', '.join(data.splits)}")
-    loader = data.loader(split, rank=dist.rank(), world_size=dist.world_size())
-    precision = trainer_config(cfg.trainer).precision
-    metrics = {f"{split}/{k}": v for k, v in evaluate(net, loader, device, precision, split=split).items()}
+    tcfg = trainer_config(cfg.trainer)
+    loader = data.loader(split, rank=dist.rank(), world_size=dist.world_size(), limit=tcfg.limit_test_batches)
+    metrics = {f"{split}/{k}": v for k, v in evaluate(net, loader, device, tcfg.precision, split=split).items()}
     net.head.on_validation_end(split, run_dir if dist.is_main() else None)
     if dist.is_main():
         summary_table(f"eval {cfg.ckpt} on {split}", metrics)
