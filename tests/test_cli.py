@@ -100,6 +100,9 @@ def test_predict_to_stdout_keeps_logs_on_stderr(trained, workdir, tmp_path):
     proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=predict", f"ckpt={run}", f"input={tmp_path / 'one.png'}",
                "output=-")
     assert proc.stdout.count("\n") == 1 and proc.stdout.split("\t")[1].strip().isalpha()
+    proc = cli(workdir, "mode=predict", f"ckpt={run}", "input=-", check=False)  # standard input is for text tasks
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "error: input=- (standard input) is for text; task=captcha reads images: give input=FILE or input=FOLDER")
 
 
 def test_multirun_records_a_failing_job_and_carries_on(workdir):

@@ -258,6 +258,8 @@ class DataModule:
         return default_collate(samples)
 
     # --- prediction on new inputs (mode=predict) ---------------------------------------------------------------
+    reads_stdin = False  # whether predict_dataset takes "-" as standard input (text); files and folders otherwise
+
     def predict_dataset(self, source: str) -> Dataset:
         raise NotImplementedError(f"{type(self).__name__} does not read new inputs for mode=predict")
 

@@ -354,6 +354,8 @@ class SegmentationData(DataModule):
         return BucketBatches(dataset.lengths(), self.eval_batch_size, shuffle=False)
 
     # --- mode=predict ---------------------------------------------------------------------------------------------
+    reads_stdin = True
+
     def predict_dataset(self, source: str) -> SentenceDataset:
         lines = read_lines(source)
         return self._sentences([Sentence(line) for line in lines], source)

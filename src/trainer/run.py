@@ -441,6 +441,9 @@ def predict(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, A
     if not cfg.get("input"):
         raise UserError("mode=predict needs input=PATH (a file or folder of new inputs, or - for standard input)")
     data, net = _checkpoint_net(cfg, device)
+    if str(cfg.input) == "-" and not data.reads_stdin:
+        raise UserError(f"input=- (standard input) is for text; task={cfg.get('task_name')} reads images: give "
+                        "input=FILE or input=FOLDER")
     dataset = data.predict_dataset(str(cfg.input))
     loader = data.loader("predict", dataset=dataset)
     net.eval()
