@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import TINY_CAPTCHA, TINY_MODEL, TINY_TRAINER, cli, latest_run
+from conftest import ROOT, TINY_CAPTCHA, TINY_MODEL, TINY_TRAINER, cli, latest_run
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,19 @@ def test_multirun_of_two_good_jobs(workdir):
     sweeps = sorted((workdir / "outputs" / "multirun").iterdir())
     summary = list(csv.DictReader(open(sweeps[-1] / "summary.csv")))
     assert [r["status"] for r in summary] == ["ok", "ok"] and len({r["dir"] for r in summary}) == 2
-    assert "sweep:" in proc.stderr
+    assert "sweep:" in proc.stderr and "overrides common to every job" in proc.stderr
+    table = proc.stderr[proc.stderr.index("sweep:"):]
+    assert "seed=1" in table and "dataset.width=64" not in table  # only what varies, on the console
+    # each job's command.txt reruns that job alone
+    command = (sweeps[-1] / "1" / "command.txt").read_text()
+    assert command.startswith("python -m trainer ") and " task=captcha " in command
+    assert command.endswith(" seed=2\n") and "-m" not in command.split()[3:] and "seed=1,2" not in command
+    # a report of any sweep, by one command: the varying override against the monitored metric
+    report = subprocess.run([sys.executable, "-m", "trainer.sweep_report", str(sweeps[-1])], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    rows = list(csv.DictReader(open(sweeps[-1] / "report.csv")))
+    assert [r["seed"] for r in rows] == ["1", "2"] and all(r["val/acc"] and r["test/acc"] for r in rows)
 
 
 def test_debug_fast_dev_run_writes_no_checkpoint(workdir):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -206,8 +207,9 @@ def job(cfg) -> dict:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    if dist.is_main():
-        (run_dir / "command.txt").write_text(" ".join(["python -m trainer", *sys.argv[1:]]) + "\n")
+    if dist.is_main():  # this job's own overrides (one job of a sweep: its values); a resume adds a line
+        with open(run_dir / "command.txt", "a") as f:
+            f.write(" ".join(["python -m trainer", *map(shlex.quote, hc.overrides.task)]) + "\n")
     try:
         return run(cfg, run_dir)
     except (Exception, KeyboardInterrupt) as e:

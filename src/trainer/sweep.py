@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Read every job folder of a multirun directory: overrides from .hydra, results from results.json."""
+    """Read every job folder of a multirun directory: overrides (a list) from .hydra, results from results.json."""
     rows = []
     for job_dir in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
@@ -19,7 +19,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         results_file = job_dir / "results.json"
         result = json.loads(results_file.read_text()) if results_file.is_file() else {"status": "failed",
                                                                                        "error": "no results.json"}
-        row: dict[str, Any] = {"job": int(job_dir.name), "overrides": " ".join(overrides),
+        row: dict[str, Any] = {"job": int(job_dir.name), "overrides": overrides,
                                "status": result.get("status", "?")}
         if result.get("monitor"):
             row[result["monitor"]] = result.get("best")
@@ -43,13 +43,17 @@ def write_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
     with open(Path(sweep_dir) / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
-    table = Table(title=f"sweep: {sweep_dir}", header_style="bold")
+        writer.writerows({**r, "overrides": " ".join(r["overrides"])} for r in rows)
+    # on the console, only the overrides that differ between jobs (summary.csv keeps them all)
+    common = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    table = Table(title=f"sweep: {sweep_dir}" + (f" ({len(common)} overrides common to every job: see summary.csv)"
+                                                 if common else ""), header_style="bold")
     shown = [c for c in columns if c not in ("dir", "error")]
     for c in shown:
         table.add_column(c, justify="right" if c not in ("overrides", "status") else "left")
     for r in rows:
-        table.add_row(*(f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in shown),
+        cells = {**r, "overrides": " ".join(o for o in r["overrides"] if o not in common)}
+        table.add_row(*(f"{cells[c]:.4f}" if isinstance(cells.get(c), float) else str(cells.get(c, "")) for c in shown),
                       style="red" if r["status"] != "ok" else None)
     console.print(table)
     console.print(f"summary written to {Path(sweep_dir) / 'summary.csv'}")

@@ -8,7 +8,8 @@ e.g. train accuracy minus validation accuracy). Written to <sweep>/report.csv, r
 
 Made at the end of a sweep by the Hydra callback `SweepReport` (declared in a task's `hydra.callbacks`), or on an
 existing multirun folder by one command, which takes its settings from that callback's entry in the sweep's saved
-Hydra config when none are given:
+Hydra config when none are given (without one: the first override that varies across the jobs, against the
+monitored metric and its test counterpart):
 
     python -m trainer.sweep_report outputs/multirun/2026-11-23_21-00-00 [--param model.p] [--metrics a b]
 """
@@ -47,8 +48,29 @@ def _overrides(job_dir: Path) -> dict[str, str]:
     out = {}
     for o in OmegaConf.load(path):
         key, _, value = str(o).partition("=")
-        out[key.lstrip("+~")] = value
+        key = key.lstrip("+~")
+        if key != "resume" and not key.startswith("hydra."):  # how the job was run, not what it tried
+            out[key] = value
     return out
+
+
+def _inferred_settings(sweep_dir: Path) -> dict[str, Any]:
+    """For a sweep without a SweepReport entry: its first varying override as the parameter, and its monitored
+    metric (at the best validation) with the test metric of the same name as the columns."""
+    jobs = _job_dirs(sweep_dir)
+    overrides = [_overrides(j) for j in jobs]
+    keys = list(dict.fromkeys(k for o in overrides for k in o))
+    varying = [k for k in keys if len({o.get(k) for o in overrides}) > 1]
+    monitor = None
+    for job_dir in jobs:
+        path = job_dir / "results.json"
+        monitor = monitor or (json.loads(path.read_text()).get("monitor") if path.is_file() else None)
+    settings: dict[str, Any] = {}
+    if varying:
+        settings["param"] = varying[0]
+    if monitor:
+        settings["metrics"] = [monitor, "test/" + monitor.split("/", 1)[-1]]
+    return settings
 
 
 def _validation_row(job_dir: Path, monitor: str | None, best: float | None, at: str) -> dict[str, float]:
@@ -232,12 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not args.sweep_dir.is_dir():
             raise UserError(f"sweep folder not found: {args.sweep_dir}")
-        settings = _saved_settings(args.sweep_dir)
+        settings = _saved_settings(args.sweep_dir) or _inferred_settings(args.sweep_dir)
         for key in ("param", "metrics", "gap", "at", "title"):
             if getattr(args, key) is not None:
                 settings[key] = getattr(args, key)
         if not settings.get("param") or not settings.get("metrics"):
-            raise UserError("give --param and --metrics (the sweep's config declares no SweepReport callback)")
+            raise UserError("give --param and --metrics: no override varies across the jobs, or no job has a "
+                            "monitored metric")
         rows = write_report(args.sweep_dir, settings["param"], settings["metrics"], settings.get("gap"),
                             settings.get("at", "best"), settings.get("title"))
     except UserError as e:
