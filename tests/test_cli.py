@@ -159,6 +159,7 @@ def test_help_lists_the_tasks():
 
     out = subprocess.run([sys.executable, "-m", "trainer", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and "captcha" in out.stdout and "tasks (task=NAME)" in out.stdout
+    assert "adam, adamw*, sgd" in out.stdout and "cosine, none*, onecycle" in out.stdout  # config.yaml's defaults
 
 
 def test_hydra_flags_keep_their_values_wherever_they_stand(workdir):

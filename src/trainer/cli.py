@@ -89,12 +89,22 @@ def print_help() -> None:
     print("tasks (task=NAME):")
     for path in sorted((conf / "task").glob("*.yaml")):
         print(f"  {path.stem:<20} {_describe(path)}")
-    print("\nconfig groups (GROUP=OPTION), default first:")
+    print("\nconfig groups (GROUP=OPTION; * marks the default, which a task may change):")
+    defaults = _root_defaults()
     for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in ("task", "hydra")):
-        options = sorted(p.stem for p in group.glob("*.yaml"))
+        options = [f"{p.stem}*" if p.stem == defaults.get(group.name) else p.stem
+                   for p in sorted(group.glob("*.yaml"))]
         print(f"  {group.name:<10} {', '.join(options)}")
     print("\nany value: KEY=VALUE (optim.lr=3e-4 trainer.max_epochs=5); show the composed config: --cfg job;\n"
           "Hydra's own flags: --hydra-help")
+
+
+def _root_defaults() -> dict[str, str]:
+    """GROUP -> option chosen by conf/config.yaml's defaults list."""
+    from omegaconf import OmegaConf
+
+    entries = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "config.yaml").defaults)
+    return {str(k): str(v) for e in entries if isinstance(e, dict) for k, v in e.items()}
 
 
 def _describe(path: Path) -> str:
