@@ -186,6 +186,11 @@ def test_hydra_flags_keep_their_values_wherever_they_stand(workdir):
     (["mode=eval", "ckpt='/no/[/such].pt'"], "checkpoint not found: /no/[/such].pt"),  # not read as rich markup
     (["+model.nonsense=1"], "cannot build model"),
     (["trainer.limit_train_batches=1.5"], "1.5 is neither a batch count >= 1 nor a fraction in (0.0, 1.0]"),
+    (["debug=null"], "to drop a group's choice write ~GROUP"),  # was a 29-line traceback from Hydra
+    (["model=smal_resnet", "--cfg", "job"], "unknown model 'smal_resnet'"),  # --cfg is checked like a run
+    (["trainer.gradient_clip_val=-1"], "must be > 0, or null for no clipping"),  # would flip every gradient
+    (["dataset.batch_size=0"], "dataset.batch_size=0 must be a whole number >= 1"),
+    (["seed=abc"], "seed=abc must be a whole number"),
 ])
 def test_bad_input_fails_with_one_line(workdir, args, words):
     proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, *args, check=False)
@@ -204,6 +209,13 @@ def test_missing_data_folder_is_one_line(workdir):
 def test_unknown_key_lists_the_valid_keys_even_with_other_overrides(workdir):
     proc = cli(workdir, "task=captcha", "dataset=captcha_folder", "dataset.rooot=x", check=False)
     assert proc.returncode == 2 and "keys in 'dataset': _target_, root" in proc.stderr
+
+
+def test_a_bare_state_dict_as_ckpt_is_one_line(workdir, tmp_path):
+    bare = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, bare)
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt={bare}", check=False)
+    assert proc.returncode == 2 and "is not a checkpoint written by this trainer (a bare state_dict?)" in proc.stderr
 
 
 def test_corrupt_checkpoint_in_eval_is_one_line(workdir, tmp_path):

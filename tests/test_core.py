@@ -278,3 +278,23 @@ def test_a_limit_of_1_is_one_batch_and_1_0_the_whole_split():
 
     one = trainer_config(OmegaConf.create({"limit_train_batches": 1, "limit_test_batches": 1.0}))
     assert resolve_limit(one.limit_train_batches, 10) == 1 and resolve_limit(one.limit_test_batches, 10) == 10
+
+
+def test_one_cycle_of_four_steps():
+    """torch's OneCycleLR divides by pct_start * total_steps - 1, zero for 4 steps at the default 0.25."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    s = one_cycle(opt, total_steps=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        s.step()
+    assert lrs[0] < lrs[1] and lrs[1] > lrs[2] > lrs[3] and max(lrs) <= 0.1
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path):
+    from trainer.checkpoint import save_atomic
+
+    with pytest.raises(Exception):
+        save_atomic({"f": lambda: 0}, tmp_path / "last.pt")  # cannot be pickled
+    assert list(tmp_path.iterdir()) == []

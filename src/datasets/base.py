@@ -222,6 +222,11 @@ class DataModule:
         seed: int = 0,
         pin_memory: bool = False,
     ):
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or batch_size)):
+            if not (isinstance(value, int) and value >= 1):
+                raise UserError(f"dataset.{key}={value} must be a whole number >= 1")
+        if not (isinstance(num_workers, int) and num_workers >= 0):
+            raise UserError(f"dataset.num_workers={num_workers} must be 0 (load in the main process) or more")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers

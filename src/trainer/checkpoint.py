@@ -25,11 +25,15 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, or a second Ctrl-C during the write: no half-written file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

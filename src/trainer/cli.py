@@ -26,6 +26,8 @@ PASS_THROUGH_FLAGS = ("--cfg", "-c", "--resolve", "--package", "-p", "--info", "
 #: Hydra flags followed by a value (`--cfg job`), and --info's optional one.
 VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
                "--experimental-rerun", "--shell-completion", "-sc")
+#: Flags that print the composed config: the overrides are checked first, as for a run.
+SHOW_CONFIG_FLAGS = ("--cfg", "-c", "--resolve", "--package", "-p")
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 _failures: list[str] = []
 
@@ -159,6 +161,9 @@ def validate(overrides: list[str], multirun: bool) -> None:
                 raise UserError(f"unknown {group} '{name}'; available: {options}") from None
             except (HydraException, OmegaConfBaseException) as e:
                 raise UserError(_explain_compose_error(e, job)) from None
+            except ValueError as e:  # Hydra's own, e.g. `debug=null`: "Config group override must be a string"
+                raise UserError(f"cannot compose the config: {one_line(e)}; to drop a group's choice write ~GROUP, "
+                                "to pick another GROUP=OPTION") from None
             trainer_config(cfg.trainer)
             if cfg.mode not in ("train", "eval", "predict"):
                 raise UserError(f"bad value for 'mode': '{cfg.mode}' is not one of train, eval, predict")
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         overrides = _resume_overrides(overrides)
         overrides = _checkpoint_task(overrides)
-        if not any(f in flags for f in PASS_THROUGH_FLAGS):
+        if not any(f in flags for f in PASS_THROUGH_FLAGS if f not in SHOW_CONFIG_FLAGS):
             validate(overrides, multirun)
     except UserError as e:
         fail(str(e))

@@ -87,6 +87,8 @@ def _check(cfg: TrainerConfig, where: str) -> None:
         raise bad("max_epochs", "needs max_epochs >= 1 or max_steps >= 1")
     if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
         raise bad("ema_decay", f"{cfg.ema_decay} is not in (0, 1); null turns the average off")
+    if cfg.gradient_clip_val is not None and not cfg.gradient_clip_val > 0:  # a negative norm flips the gradients
+        raise bad("gradient_clip_val", f"{cfg.gradient_clip_val} must be > 0, or null for no clipping")
     if cfg.accumulate_grad_batches < 1:
         raise bad("accumulate_grad_batches", "must be >= 1")
     if cfg.val_every_n_epochs < 1:

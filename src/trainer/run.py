@@ -194,7 +194,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one job; returns the summary also written to <run_dir>/results.json."""
     main = dist.is_main()
     tcfg = trainer_config(cfg.trainer)
-    seed_everything(int(cfg.seed), tcfg.deterministic)
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise UserError(f"seed={cfg.seed} must be a whole number")
+    seed_everything(cfg.seed, tcfg.deterministic)
     device = select_device(tcfg.device)
     if cfg.mode == "train":
         result = train(cfg, run_dir, main, device)
@@ -222,7 +224,8 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     if resume is not None:
         _check_same_budget(OmegaConf.create(resume["config"]), stages, counters.stage_index)
 
-    loggers = [build(node, f"logger.{key}", run_dir=run_dir) for key, node in (cfg.logger or {}).items()] if main else []
+    logger_nodes = (cfg.get("logger") or {}).items() if main else []  # `~logger` on the command line: none
+    loggers = [build(node, f"logger.{key}", run_dir=run_dir) for key, node in logger_nodes]
     for logger in loggers:
         if resume:
             logger.resume(counters.global_step)
@@ -402,6 +405,9 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
     if not cfg.get("ckpt"):
         raise UserError(f"mode={cfg.mode} needs ckpt=PATH (a .pt file or a run directory)")
     state = ckpt.load(cfg.ckpt)
+    if not isinstance(state, dict) or "net" not in state or "config" not in state:
+        raise UserError(f"ckpt={cfg.ckpt} is not a checkpoint written by this trainer (a bare state_dict?); give a "
+                        "run directory, or its checkpoints/best.pt or last.pt")
     saved = OmegaConf.create(state["config"])
     if saved.get("task_name") not in (None, cfg.get("task_name")):
         raise UserError(f"ckpt={cfg.ckpt} was trained by task={saved.task_name}, not task={cfg.get('task_name')}; "

@@ -37,7 +37,10 @@ def one_cycle(optimizer: Optimizer, total_steps: int, pct_start: float = 0.25, d
               final_div_factor: float = 1e4) -> LRScheduler:
     """torch's OneCycleLR peaking at the optimizer's configured lr."""
     max_lr = [g["lr"] for g in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(total_steps, 2), pct_start=pct_start,
+    total_steps = max(total_steps, 2)
+    if math.isclose(pct_start * total_steps, 1.0):  # torch divides step 0 by pct_start * total_steps - 1 (4 steps)
+        pct_start = 1.5 / total_steps
+    return OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
                       div_factor=div_factor, final_div_factor=final_div_factor)
 
 
