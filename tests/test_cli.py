@@ -235,3 +235,16 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(workdi
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in last["net"].values() if v.is_floating_point())
     assert json.loads((run / "results.json").read_text())["status"] == "failed"
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    """They shared one folder (config, log and checkpoints of whichever wrote last); now the second gets a suffix."""
+    from trainer import cli as cli_module
+
+    monkeypatch.setattr(cli_module.time, "strftime", lambda fmt: "2026-11-24_12-00-00")
+    stamps = []
+    for _ in range(3):
+        monkeypatch.delenv("TRAINER_RUN_STAMP", raising=False)  # a new process
+        stamps.append(cli_module._run_stamp(str(tmp_path / "captcha")))
+    assert stamps == ["2026-11-24_12-00-00", "2026-11-24_12-00-00_1", "2026-11-24_12-00-00_2"]
+    assert sorted(p.name for p in (tmp_path / "captcha").iterdir()) == stamps

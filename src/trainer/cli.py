@@ -63,11 +63,20 @@ def check_packages() -> None:
              f"into its own virtual environment: python3 -m venv .venv && .venv/bin/pip install -e .")
 
 
-def _run_stamp() -> str:
-    """The run directory's time stamp; under torchrun, rank 0's (set in the environment by `main`)."""
+def _run_stamp(parent: str | None = None) -> str:
+    """The run directory's time stamp; under torchrun, rank 0's (set in the environment by `main`).
+
+    Given the folder it goes in, the run directory is also created here, so that two runs started in the same
+    second get `<stamp>` and `<stamp>_1` instead of sharing (and overwriting) one folder."""
     stamp = os.environ.get("TRAINER_RUN_STAMP")
     if not stamp:
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        stamp = base = time.strftime("%Y-%m-%d_%H-%M-%S")
+        for n in itertools.count(1) if parent else ():
+            try:
+                (Path(parent) / stamp).mkdir(parents=True)  # atomic: exactly one process creates it
+                break
+            except FileExistsError:
+                stamp = f"{base}_{n}"
         os.environ["TRAINER_RUN_STAMP"] = stamp  # one value per process, however often it is resolved
     return stamp
 
@@ -268,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     multirun = "-m" in flags or "--multirun" in flags
 
     dist.init_from_env()
-    if dist.world_size() > 1:
+    if dist.world_size() > 1:  # (rank 0's stamp, without the same-second check: the run folder is not known yet)
         os.environ["TRAINER_RUN_STAMP"] = dist.broadcast_object(_run_stamp())
         if dist.rank() > 0:
             overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
