@@ -34,21 +34,34 @@ def test_two_stages_seed_freeze_and_switch_optimizer(workdir):
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "ok" and "test/acc" in results["test"]
 
-    # Resuming a run whose stages are all done trains nothing more and ends with the same weights.
+    # A finished run is not resumed (which would rewrite its records); it says how to test it again.
+    proc = cli(workdir, f"resume={run}", check=False)
+    assert proc.returncode == 2 and "that run has finished (results.json); nothing to resume" in proc.stderr
+
+    # One killed during its final test (every stage done, no results.json) trains nothing more, tests, and keeps
+    # its training record.
+    (run / "results.json").unlink()
     cli(workdir, f"resume={run}")
     again = torch.load(ckpts / "last.pt", weights_only=True)
     assert again["counters"]["stage_index"] == 1 and again["counters"]["stage_done"]
     for k in second:
         assert torch.equal(second[k], again["net"][k]), k
     resumed = json.loads((run / "results.json").read_text())
-    for key in ("monitor", "best", "steps", "stop_reason"):  # the training record survives a resume that re-tests
+    for key in ("monitor", "best", "steps", "stop_reason", "test"):
         assert resumed[key] == results[key] and resumed[key] is not None, (key, resumed, results)
     assert results["stop_reason"] == "max_epochs=2"
+    overrides = (run / ".hydra" / "overrides.yaml").read_text()
+    assert "resume=" not in overrides  # the resume's own record went to .hydra/resume-<stamp>/
 
-    # ... and one that asks for more epochs is refused, not silently ignored
-    proc = cli(workdir, f"resume={run}", "trainer.max_epochs=5", check=False)
-    assert proc.returncode == 2 and "stage 'finetune' ran with trainer.max_epochs=2 and the config now says 5" \
-        in proc.stderr.strip().splitlines()[-1], proc.stderr[-1500:]
+    # A resume that changes the budget or the model is refused before it writes anything.
+    (run / "results.json").unlink()
+    for change, words in (("trainer.max_epochs=5", "stage 'finetune' ran with trainer.max_epochs=2 and the config "
+                                                   "now says 5"),
+                          ("model.blocks=3", "the model config changed (model.blocks: 2 -> 3)")):
+        proc = cli(workdir, f"resume={run}", change, check=False)
+        assert proc.returncode == 2 and words in proc.stderr.strip().splitlines()[-1], proc.stderr[-1500:]
+    assert (run / ".hydra" / "overrides.yaml").read_text() == overrides  # failed attempts left no trace
+    cli(workdir, f"resume={run}")  # and the run still resumes
 
 
 def test_overfit_debug_mode_memorises_two_batches(workdir):

@@ -312,11 +312,17 @@ def _resume_overrides(overrides: list[str]) -> list[str]:
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise UserError(f"resume={run_dir}: not a run directory (no .hydra/overrides.yaml); give the run's folder")
+    results = run_dir / "results.json"
+    if results.is_file() and '"status": "ok"' in results.read_text():
+        raise UserError(f"resume={run_dir}: that run has finished (results.json); nothing to resume. To test it "
+                        f"again: python -m trainer mode=eval ckpt={run_dir}")
     from omegaconf import OmegaConf
 
     original = [o for o in OmegaConf.load(saved) if not str(o).startswith("resume=")]
     rest = [o for o in overrides if not o.startswith("resume=")]
-    return [*original, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+    # the resume's own Hydra record goes beside the run's, which stays the original (the next resume reads it)
+    record = f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    return [*original, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}", record]
 
 
 def _checkpoint_task(overrides: list[str]) -> list[str]:

@@ -222,7 +222,7 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
         resume = ckpt.load(last_path)
     counters = Counters(**resume["counters"]) if resume else Counters()
     if resume is not None:
-        _check_same_budget(OmegaConf.create(resume["config"]), stages, counters.stage_index)
+        _check_resumable(OmegaConf.create(resume["config"]), stages, counters.stage_index)
 
     logger_nodes = (cfg.get("logger") or {}).items() if main else []  # `~logger` on the command line: none
     loggers = [build(node, f"logger.{key}", run_dir=run_dir) for key, node in logger_nodes]
@@ -296,12 +296,19 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     return result
 
 
-def _check_same_budget(saved: DictConfig, stages: list[tuple[str, DictConfig]], index: int) -> None:
-    """A resumed stage keeps the budget it started with: its schedule is laid out over it, and a finished stage
-    would silently ignore a larger one."""
+def _check_resumable(saved: DictConfig, stages: list[tuple[str, DictConfig]], index: int) -> None:
+    """A resume continues the run that wrote last.pt: the same task, model and budget (the schedule is laid out over
+    the budget, and a finished stage would silently ignore a larger one). Checked before anything is written."""
     if index >= len(stages):
         raise UserError(f"resume: last.pt is from stage {index + 1}, but the config now has {len(stages)} stage(s)")
     name, current = stages[index]
+    if saved.get("task_name") not in (None, current.get("task_name")):
+        raise UserError(f"resume: this run is task={saved.task_name}, not task={current.get('task_name')}")
+    raw = OmegaConf.to_container(current.model, resolve=False)
+    changed = [f"model.{k}: {saved.model.get(k)} -> {v}" for k, v in raw.items()
+               if not (isinstance(v, str) and "${" in v) and saved.model.get(k) != v]  # ${data_info.*} comes later
+    if changed:
+        raise UserError(f"resume: the model config changed ({'; '.join(changed)}); a resume continues the same model")
     for key in ("max_epochs", "max_steps"):
         was, now = saved.trainer.get(key), current.trainer.get(key)
         if was != now:
