@@ -298,3 +298,11 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(Exception):
         save_atomic({"f": lambda: 0}, tmp_path / "last.pt")  # cannot be pickled
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_guard_catches_weights_that_overflowed_while_the_loss_stayed_finite():
+    g = NonFiniteGuard(torch.device("cpu"))
+    g.observe(torch.tensor(1.0))
+    g.check(2, "", {"bn.running_var": torch.ones(3), "bn.num_batches_tracked": torch.tensor(2)})
+    with pytest.raises(NonFiniteLossError, match="weights .* became NaN/inf at step 4"):
+        g.check(4, "", {"bn.running_var": torch.tensor([1.0, float("inf")])})

@@ -64,18 +64,26 @@ class NonFiniteGuard:
     def observe(self, loss: torch.Tensor) -> None:
         self.flag |= ~torch.isfinite(loss.detach())
 
-    def check(self, step: int, last_good: str) -> None:
-        """Raise if any loss since the previous check was not finite (call before writing a checkpoint)."""
+    def check(self, step: int, last_good: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Raise if any loss since the previous check was not finite, or (given a state_dict about to be saved) any
+        weight or buffer is: a loss can stay finite while batch-norm statistics overflow. Call before writing."""
         from .distributed import all_reduce_sum
 
-        if bool(all_reduce_sum(self.flag.float()) > 0):  # a collective: every rank stops together
+        bad = torch.stack([self.flag, torch.zeros_like(self.flag)])
+        if weights is not None:
+            floats = [t for t in weights.values() if t.is_floating_point()]
+            bad[1] = ~torch.stack([torch.isfinite(t).all() for t in floats]).all() if floats else False
+        loss_bad, weights_bad = (all_reduce_sum(bad.float()) > 0).tolist()  # a collective: every rank stops together
+        if loss_bad or weights_bad:
+            when = f"between steps {self.last_checked_step} and {step}" if loss_bad else f"at step {step}"
+            what = "training loss" if loss_bad else "weights (e.g. batch-norm statistics)"
             kept = f"last good checkpoint: {last_good}" if last_good and Path(last_good).is_file() else \
                 "no checkpoint had been written yet"
             fixes = ["lower optim.lr", "set trainer.gradient_clip_val"]
             if self.precision != "fp32":
                 fixes.append("use trainer.precision=fp32")
-            raise NonFiniteLossError(f"the training loss became NaN/inf between steps {self.last_checked_step} and "
-                                     f"{step}; stopped, {kept}. {', '.join(fixes[:-1]).capitalize()} or {fixes[-1]}")
+            raise NonFiniteLossError(f"the {what} became NaN/inf {when}; stopped, {kept}. "
+                                     f"{', '.join(fixes[:-1]).capitalize()} or {fixes[-1]}")
         self.last_checked_step = step
 
 

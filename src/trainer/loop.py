@@ -259,11 +259,12 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     averaged_weights = ema.swapped_in if ema is not None else contextlib.nullcontext  # what val, best.pt, test see
 
     def save_last(done: bool = False) -> None:
-        guard.check(counters.step, str(last_path) if main else "")
+        weights = net.state_dict()
+        guard.check(counters.step, str(last_path) if main else "", weights)
         counters.stage_done = done
         if main and not tcfg.fast_dev_run:
             ckpt.save_atomic({
-                "net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "net": weights, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None, "scaler": scaler.state_dict(),
                 "ema": ema.state_dict() if ema is not None else None, "tracker": tracker.state_dict(),
                 "rng": ckpt.rng_state(), "counters": asdict(counters), "data": data.state_dict(),
