@@ -176,10 +176,13 @@ def test_without_a_validation_split_the_final_weights_are_best(tmp_path, caplog)
 
 
 def test_a_resumed_stage_must_keep_its_planned_steps(tmp_path):
-    """The schedule is laid out over total_steps: resuming into a plan of another length (more epochs, other data) is
+    """The lr schedule is laid out over total_steps: resuming into a plan of another length (more epochs, other data) is
     refused before training instead of failing at OneCycle's last step or stretching the schedule unnoticed."""
     stage = toy_stage(tmp_path, max_epochs=2)
     result = fit(stage, torch.device("cpu"), None, Counters())
     assert result.counters.total_steps == 8 and result.stop_reason == "max_epochs=2"  # 64 / 16 x 2
+    longer = toy_stage(tmp_path, max_epochs=3)
+    longer.scheduler_factory = functools.partial(warmup_cosine, warmup=0.0)
     with pytest.raises(UserError, match="planned for 8 steps and its config now gives 12"):
-        fit(toy_stage(tmp_path, max_epochs=3), torch.device("cpu"), None, Counters(total_steps=8))
+        fit(longer, torch.device("cpu"), None, Counters(total_steps=8))
+    fit(toy_stage(tmp_path, max_epochs=3), torch.device("cpu"), None, Counters(total_steps=8))  # no schedule: fine

@@ -55,8 +55,8 @@ def test_two_stages_seed_freeze_and_switch_optimizer(workdir):
 
     # A resume that changes the budget or the model is refused before it writes anything.
     (run / "results.json").unlink()
-    for change, words in (("trainer.max_epochs=5", "stage 'finetune' ran with trainer.max_epochs=2 and the config "
-                                                   "now says 5"),
+    for change, words in (("trainer.max_epochs=5", "stage 'finetune' finished with trainer.max_epochs=2 and the "
+                                                   "config now says 5"),
                           ("model.blocks=3", "the model config changed (model.blocks: 2 -> 3)")):
         proc = cli(workdir, f"resume={run}", change, check=False)
         assert proc.returncode == 2 and words in proc.stderr.strip().splitlines()[-1], proc.stderr[-1500:]

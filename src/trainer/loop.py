@@ -202,10 +202,11 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     max_epochs = 1 if tcfg.fast_dev_run else tcfg.max_epochs
     max_steps = 1 if tcfg.fast_dev_run else tcfg.max_steps
     total_steps = steps_per_epoch * max_epochs if max_steps < 0 else min(max_steps, steps_per_epoch * max_epochs)
-    if counters.total_steps not in (None, total_steps):  # resuming a stage whose budget or data has changed
+    if counters.total_steps not in (None, total_steps) and stage.scheduler_factory is not None:
+        # resuming a stage whose budget or data has changed: its lr schedule is laid out over the old step count
         raise UserError(f"resume: stage '{stage.name}' was planned for {counters.total_steps} steps and its config now "
-                        f"gives {total_steps} (trainer.max_epochs, max_steps or the data changed); a resumed run "
-                        "continues the plan its schedule is laid out over: drop the change, or start a new run")
+                        f"gives {total_steps} (trainer.max_epochs, max_steps or the data changed); its learning-rate "
+                        "schedule is laid out over the plan: drop the change, or start a new run")
     counters.total_steps = total_steps
     max_seconds = parse_duration(tcfg.max_time) if tcfg.max_time else math.inf
     fit_schedule_to_time = tcfg.schedule_to_max_time and max_seconds < math.inf  # nothing to fit to without it

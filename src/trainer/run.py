@@ -222,7 +222,7 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
         resume = ckpt.load(last_path)
     counters = Counters(**resume["counters"]) if resume else Counters()
     if resume is not None:
-        _check_resumable(OmegaConf.create(resume["config"]), stages, counters.stage_index)
+        _check_resumable(OmegaConf.create(resume["config"]), stages, counters.stage_index, counters.stage_done)
 
     logger_nodes = (cfg.get("logger") or {}).items() if main else []  # `~logger` on the command line: none
     loggers = [build(node, f"logger.{key}", run_dir=run_dir) for key, node in logger_nodes]
@@ -296,9 +296,9 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     return result
 
 
-def _check_resumable(saved: DictConfig, stages: list[tuple[str, DictConfig]], index: int) -> None:
-    """A resume continues the run that wrote last.pt: the same task, model and budget (the schedule is laid out over
-    the budget, and a finished stage would silently ignore a larger one). Checked before anything is written."""
+def _check_resumable(saved: DictConfig, stages: list[tuple[str, DictConfig]], index: int, done: bool) -> None:
+    """A resume continues the run that wrote last.pt: the same task and model, and for a finished stage the same
+    budget (a larger one would be silently ignored). Checked before anything is written."""
     if index >= len(stages):
         raise UserError(f"resume: last.pt is from stage {index + 1}, but the config now has {len(stages)} stage(s)")
     name, current = stages[index]
@@ -311,9 +311,9 @@ def _check_resumable(saved: DictConfig, stages: list[tuple[str, DictConfig]], in
         raise UserError(f"resume: the model config changed ({'; '.join(changed)}); a resume continues the same model")
     for key in ("max_epochs", "max_steps"):
         was, now = saved.trainer.get(key), current.trainer.get(key)
-        if was != now:
-            raise UserError(f"resume: stage '{name}' ran with trainer.{key}={was} and the config now says {now}; a "
-                            "resumed run continues the plan it started with: drop the change, or start a new run")
+        if done and was != now:  # (an unfinished stage: `fit` compares the step counts, which the data also sets)
+            raise UserError(f"resume: stage '{name}' finished with trainer.{key}={was} and the config now says {now}, "
+                            "which it would ignore; start a new run to train longer")
 
 
 def _override_model(model_cfg: DictConfig, items: list[tuple[str, Any]]) -> list[str]:
