@@ -100,7 +100,8 @@ def test_predict_to_stdout_keeps_logs_on_stderr(trained, workdir, tmp_path):
     image, _ = render(seed=7)
     Image.fromarray(image).save(tmp_path / "one.png")
     proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=predict", f"ckpt={run}", f"input={tmp_path / 'one.png'}",
-               "output=-")
+               "output=-", f"paths.cache_dir={tmp_path / 'no_cache'}")
+    assert not (tmp_path / "no_cache").exists()  # nothing rendered to predict one image
     assert proc.stdout.count("\n") == 1 and proc.stdout.split("\t")[1].strip().isalpha()
     proc = cli(workdir, "mode=predict", f"ckpt={run}", "input=-", check=False)  # standard input is for text tasks
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (

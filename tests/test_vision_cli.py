@@ -87,7 +87,8 @@ def test_fashion_eval_and_predict_modes(workdir, fashion_run, fashion_dir, tmp_p
     assert _test_result(latest_run(workdir, "fashion_mnist")) == pytest.approx(shifted)
     out = tmp_path / "pred.tsv"
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=predict", f"ckpt={fashion_run}",
-        f"input={fashion_dir / 't10k-images-idx3-ubyte.gz'}", f"output={out}")
+        f"input={fashion_dir / 't10k-images-idx3-ubyte.gz'}", f"output={out}",
+        "paths.data_dir=/nonexistent")  # predicting needs the checkpoint, not the training data
     lines = out.read_text().splitlines()
     assert len(lines) == 100 and lines[0].split("\t")[0].endswith("t10k-images-idx3-ubyte.gz:0")
     assert all(line.split("\t")[1] in ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -203,8 +204,8 @@ def test_dog_finetune_three_stages_from_weights_path(workdir, dog_setup):
     assert "SGD" in (run / "config.unfrozen.yaml").read_text() and "heavy" in (run / "config.unfrozen.yaml").read_text()
 
     out = workdir / "dog_predictions.tsv"
-    cli(workdir, "task=dog_finetune", *TINY_DOG, f"dataset.root={root}", "mode=predict", f"ckpt={ckpts / 'best.pt'}",
-        f"input={root / 'test' / 'husky'}", f"output={out}")
+    cli(workdir, "task=dog_finetune", *TINY_DOG, "dataset.root=/nonexistent", "mode=predict",
+        f"ckpt={ckpts / 'best.pt'}", f"input={root / 'test' / 'husky'}", f"output={out}")  # class names: checkpoint
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and all(line.split("\t")[1] in ("beagle", "husky", "poodle") for line in lines)
 

@@ -235,8 +235,12 @@ class DataModule:
         self.splits: dict[str, Dataset] = {}
 
     # --- what subclasses provide -------------------------------------------------------------------------------
-    def setup(self) -> None:
-        """Read the data and build `self.splits` ("train", "val", "test", ...). Raise UserError on bad input."""
+    def setup(self, stage: str = "fit") -> None:
+        """Read the data and build `self.splits` ("train", "val", "test", ...). Raise UserError on bad input.
+
+        `stage` is Lightning's: "fit" (training), "eval" (mode=eval), or "predict" (mode=predict: new inputs only,
+        after `load_state_dict`; a module that can read them from the checkpoint's state alone reads nothing here).
+        """
         raise NotImplementedError
 
     @property

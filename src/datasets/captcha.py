@@ -191,7 +191,9 @@ class CaptchaData(DataModule):
         return {"num_classes": len(ALPHABET), "length": self.length, "in_channels": 1,
                 "height": self.height, "width": self.width, "alphabet": ALPHABET}
 
-    def setup(self) -> None:
+    def setup(self, stage: str = "fit") -> None:
+        if stage == "predict":  # the alphabet and image size are config: nothing to render
+            return
         for split, n in self.sizes.items():
             if n <= 0:
                 continue
@@ -259,7 +261,9 @@ class CaptchaFolder(CaptchaData):
         super().__init__(length=length, width=width, height=height, **loader)
         self.root, self.val_fraction, self.test_fraction = Path(root), val_fraction, test_fraction
 
-    def setup(self) -> None:
+    def setup(self, stage: str = "fit") -> None:
+        if stage == "predict":
+            return
         if not self.root.is_dir():
             raise UserError(f"captcha folder not found: {self.root} (set dataset.root)")
         subdirs = [s for s in ("train", "val", "test") if (self.root / s).is_dir()]

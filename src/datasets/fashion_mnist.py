@@ -143,7 +143,9 @@ class FashionMNISTData(ClassifiedData):
         return {"num_classes": len(self.class_names), "class_names": list(self.class_names), "in_channels": 1,
                 "height": 28, "width": 28, "input_shape": [1, 28, 28]}
 
-    def setup(self) -> None:
+    def setup(self, stage: str = "fit") -> None:
+        if stage == "predict":  # the class names are fixed (and in the checkpoint): no IDX file needed
+            return
         arrays = load_arrays(self.root, self.download)
         images, labels = arrays["train"]
         n = len(images)

@@ -212,7 +212,9 @@ class ImageFolderData(ClassifiedData):
         return {"num_classes": len(self.class_names), "class_names": list(self.class_names), "in_channels": 3,
                 "height": self.image_size, "width": self.image_size}
 
-    def setup(self) -> None:
+    def setup(self, stage: str = "fit") -> None:
+        if stage == "predict" and self.class_names:  # named by the checkpoint: the training folder is not read
+            return
         if not self.root.is_dir():
             raise UserError(f"image folder not found: {self.root} (set dataset.root)")
         parts = self._read_layout()

@@ -266,7 +266,7 @@ class SegmentationData(DataModule):
     def read(self) -> dict[str, list[Sentence]]:
         raise NotImplementedError
 
-    def setup(self) -> None:
+    def setup(self, stage: str = "fit") -> None:
         if self.vocab is not None:
             # the vocabulary came with a checkpoint: read the files only when a split is asked for, so that
             # mode=predict needs nothing but the checkpoint

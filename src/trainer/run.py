@@ -424,7 +424,7 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
         log.info(f"{cfg.mode}: {text} over the checkpoint's model config")
     data = build(_checkpoint_dataset(cfg, saved), "dataset")
     data.load_state_dict(state.get("data") or {})
-    data.setup()
+    data.setup("predict" if cfg.mode == "predict" else "eval")
     with open_dict(cfg):
         cfg.data_info = data.info
     net = TaskNet(build(saved.model, "model"), build(cfg.head, "head"))
