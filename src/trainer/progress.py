@@ -98,7 +98,15 @@ def print_error(message: str) -> None:
 
 
 def log_handler():
-    """The console log handler (rich, on stderr, sharing the progress bar's console); used by conf/hydra."""
+    """The console log handler, used by conf/hydra: rich on a terminal (sharing the progress bar's console); plain
+    lines on stderr when it is a pipe or a file, which rich would pad to its width and wrap, breaking `grep`."""
+    import logging
+    import sys
+
+    if not console.is_terminal:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
+        return handler
     from rich.logging import RichHandler
 
     return RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False, log_time_format="%X")
