@@ -192,6 +192,9 @@ def test_hydra_flags_keep_their_values_wherever_they_stand(workdir):
     (["trainer.gradient_clip_val=-1"], "must be > 0, or null for no clipping"),  # would flip every gradient
     (["dataset.batch_size=0"], "dataset.batch_size=0 must be a whole number >= 1"),
     (["seed=abc"], "seed=abc must be a whole number"),
+    (["paths.output_dir=/proc/version/outputs"], "cannot create paths.output_dir=/proc/version/outputs"),
+    (["mode=predict", "ckpt=/nonexistent.pt", "input=x.png", "output=/proc"], "cannot write output=/proc"),
+    (["paths.cache_dir=/proc/version/cache"], "cannot create the captcha cache in /proc/version/cache/captcha"),
 ])
 def test_bad_input_fails_with_one_line(workdir, args, words):
     proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, *args, check=False)

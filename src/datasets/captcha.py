@@ -128,9 +128,13 @@ def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: i
         except (ValueError, OSError):
             pass
         log.warning(f"captcha cache {base} is unreadable; rendering it again")
+    try:  # before minutes of rendering, not after
+        base.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the captcha cache in {base.parent}: {e.strerror}; set paths.cache_dir to a "
+                        "writable folder, or dataset.cache=false to render on the fly") from None
     log.info(f"rendering {n:,} captchas (seed {split_seed}) into {base.parent}; later runs reuse them")
     arrays = render_split(split_seed, n, length, width, height, render_size, workers)
-    base.parent.mkdir(parents=True, exist_ok=True)
     for name, f in files.items():
         tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
         with open(tmp, "wb") as fh:

@@ -174,9 +174,19 @@ def validate(overrides: list[str], multirun: bool) -> None:
                 raise UserError(f"cannot compose the config: {one_line(e)}; to drop a group's choice write ~GROUP, "
                                 "to pick another GROUP=OPTION") from None
             trainer_config(cfg.trainer)
+            _check_output_dir(cfg.paths.output_dir)
             if cfg.mode not in ("train", "eval", "predict"):
                 raise UserError(f"bad value for 'mode': '{cfg.mode}' is not one of train, eval, predict")
     GlobalHydra.instance().clear()
+
+
+def _check_output_dir(path: str) -> None:
+    from .errors import UserError
+
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create paths.output_dir={path}: {e.strerror}; give a writable folder") from None
 
 
 def _explain_compose_error(e: Exception, job: list[str]) -> str:

@@ -453,6 +453,17 @@ def predict(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, A
         raise UserError("mode=predict runs on one process; launch it without torchrun")
     if not cfg.get("input"):
         raise UserError("mode=predict needs input=PATH (a file or folder of new inputs, or - for standard input)")
+    output = cfg.get("output") or str(run_dir / "predictions.txt")
+    if output != "-":  # a place it cannot write to is found before predicting, not after
+        try:
+            existed = Path(output).exists()
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            open(output, "a").close()
+            if not existed:
+                Path(output).unlink()
+        except OSError as e:
+            raise UserError(f"cannot write output={output}: {e.strerror}; give a writable file path, or - for "
+                            "standard output") from None
     data, net = _checkpoint_net(cfg, device)
     if str(cfg.input) == "-" and not data.reads_stdin:
         raise UserError(f"input=- (standard input) is for text; task={cfg.get('task_name')} reads images: give "
@@ -467,12 +478,10 @@ def predict(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, A
         with autocast_context(device, precision):
             outputs = net.model(batch["x"])
         predictions.extend(net.head.decode(outputs, batch))
-    output = cfg.get("output") or str(run_dir / "predictions.txt")
     if output == "-":
         data.write_predictions(dataset, predictions, sys.stdout)
         sys.stdout.flush()
     else:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", encoding="utf-8") as f:
             data.write_predictions(dataset, predictions, f)
         log.info(f"wrote {len(predictions)} predictions to {output}")
