@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 
@@ -131,6 +132,14 @@ def test_fashion_faithful_mobilenet_runs(workdir, fashion_dir):
     assert json.loads((run / "results.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.parametrize("args, words", [
+    (["dataset.hflip=2"], "dataset.hflip=2 is a probability: give a value in [0, 1]"),
+    (["dataset.pad=-1"], "dataset.pad=-1 must be a whole number of pixels >= 0"),
+])
+def test_fashion_bad_settings_are_one_line(workdir, fashion_dir, args, words):
+    assert words in _error_line(cli(workdir, "task=fashion_mnist", *TINY_FASHION, *args, check=False))
+
+
 @pytest.mark.parametrize("damage, words", [
     ("missing", "t10k-labels-idx1-ubyte[.gz] not found"),
     ("truncated", "is truncated or corrupt"),
@@ -215,6 +224,7 @@ def test_dog_finetune_three_stages_from_weights_path(workdir, dog_setup):
     ("corrupt", "cannot decode image"),
     ("empty", "has no images"),
     ("weights", "does not fit resnet18"),
+    ("one class", "a classifier needs at least two class folders"),
 ])
 def test_dog_bad_input_is_one_line(workdir, dog_setup, tmp_path, damage, words):
     _, weights = dog_setup
@@ -226,6 +236,9 @@ def test_dog_bad_input_is_one_line(workdir, dog_setup, tmp_path, damage, words):
         (root / "beagle" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     elif damage == "empty":
         (root / "dachshund").mkdir()
+    elif damage == "one class":
+        for other in ("husky", "poodle"):
+            shutil.rmtree(root / other)
     else:
         state = torch.load(weights, weights_only=True)
         state.pop("fc.weight")

@@ -131,6 +131,11 @@ class FashionMNISTData(ClassifiedData):
         super().__init__(**loader)
         if pad_mode not in ("constant", "reflect", "replicate"):
             raise UserError(f"dataset.pad_mode='{pad_mode}' is not one of constant, reflect, replicate")
+        for key, value in (("hflip", hflip), ("erase", erase)):
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"dataset.{key}={value} is a probability: give a value in [0, 1]")
+        if not (isinstance(pad, int) and pad >= 0):
+            raise UserError(f"dataset.pad={pad} must be a whole number of pixels >= 0 (0: no pad-and-crop)")
         self.root, self.download = Path(root), download
         self.val_size, self.val_seed, self.train_size = val_size, val_seed, train_size
         self.train_eval_size, self.normalize = train_eval_size, normalize

@@ -195,6 +195,9 @@ class ImageFolderData(ClassifiedData):
                                 f"{', '.join(AUGMENT_KEYS)}")
         self.root = Path(root)
         self.list_file, self.val_list, self.test_list = list_file, val_list, test_list
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= value < 1.0:
+                raise UserError(f"dataset.{key}={value} must be in [0, 1)")
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.image_size = image_size
         self.load_size = load_size or round(image_size * 256 / 224)
@@ -249,6 +252,9 @@ class ImageFolderData(ClassifiedData):
         else:
             paths, labels, self.class_names = scan_class_folders(self.root)
             given["train"] = (paths, labels)
+        if len(self.class_names) < 2:
+            raise UserError(f"{self.root} holds {len(self.class_names)} class ({', '.join(self.class_names)}); a "
+                            "classifier needs at least two class folders (or ids)")
         if saved and saved != self.class_names:
             raise UserError(f"the data under {self.root} has classes {', '.join(self.class_names[:8])}... but the "
                             f"checkpoint was trained on {', '.join(saved[:8])}...; give the same class folders/ids")
