@@ -170,6 +170,7 @@ def test_hydra_flags_keep_their_values_wherever_they_stand(workdir):
         ["--cfg", "job", "-m", "--info", "defaults"], ["task=captcha", "seed=1", "x=1"])
     out = cli(workdir, "task=segmentation", "--cfg", "job", "optim.lr=0.5").stdout
     assert "_target_: models.seg_resfcn.SegResFCN" in out and "lr: 0.5" in out
+    assert "Installed Hydra Plugins" in cli(workdir, "task=segmentation", "--info").stdout  # a bare --info, last
 
 
 # ---- bad input: one clear line, exit code 2 ----------------------------------------------------------------------

@@ -274,6 +274,13 @@ def job(cfg) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # during start-up (imports, composing the config): no run to resume yet
+        fail("interrupted during start-up", code=130)
+
+
+def _main(argv: list[str] | None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help" in argv or "-h" in argv:
         print_help()
@@ -302,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import hydra
 
-    sys.argv = [sys.argv[0], *flags, *overrides]
+    sys.argv = [sys.argv[0], *overrides, *flags]  # flags last: a bare --info must not take an override as its value
     hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(job)()
     dist.shutdown()
     if _failures and multirun:
