@@ -4,6 +4,7 @@ Random 28x28 grey batches, SGD with momentum, BN in train mode, as in real train
 median of timed steps. Pass candidates by name (see CANDIDATES) or run all of them:
 
     nice -n 15 .venv/bin/python bench/fashion_models.py [--batch-size 256] [--steps 8] [--threads 1] [NAME ...]
+    .venv/bin/python bench/fashion_models.py --vs-compile 3 --batch-size 128 r9-24    # eager vs torch.compile
 
 Besides wall-clock throughput it reports throughput per CPU-second of this process (`cpu`): on a machine that
 other jobs keep busy, wall time says little, while with --threads 1 the CPU time of a step is close to what the
@@ -82,11 +83,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--vs-compile", type=int, default=0, metavar="ROUNDS",
+                        help="each candidate eager and under torch.compile, alternating, for ROUNDS rounds")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.vs_compile:
+        for name in args.names:
+            compiled = torch.compile(CANDIDATES[name]())  # compiled once; later rounds reuse the code
+            for r in range(args.vs_compile):
+                eager = measure(CANDIDATES[name](), args.batch_size, args.steps, False)[0]
+                fast = measure(compiled, args.batch_size, args.steps, False)[0]
+                print(f"{name:<24} round {r + 1}: train {eager:6.0f} img/s eager, {fast:6.0f} compiled "
+                      f"({fast / eager:.2f}x)", flush=True)
+        return
     for name in args.names:
         model = CANDIDATES[name]()
         params = sum(p.numel() for p in model.parameters())
