@@ -23,16 +23,22 @@ def final_weights(run) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["net"]
 
 
+def start_captcha(workdir, *args: str, output=subprocess.PIPE) -> subprocess.Popen:
+    """`python -m trainer task=captcha ARGS` in the background (output merged into one text pipe, unless given)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINER_RUN_STAMP", None)
+    command = [sys.executable, "-m", "trainer", f"paths.output_dir={workdir / 'outputs'}",
+               f"paths.cache_dir={workdir / 'cache'}", "task=captcha", *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=output,
+                            stderr=subprocess.STDOUT if output == subprocess.PIPE else output, text=True)
+
+
 def test_sigkill_then_resume_matches_an_uninterrupted_run(workdir):
     cli(workdir, "task=captcha", *RESUMABLE)
     reference = final_weights(latest_run(workdir))
 
     before = set(run_dirs(workdir))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINER_RUN_STAMP", None)
-    command = [sys.executable, "-m", "trainer", f"paths.output_dir={workdir / 'outputs'}",
-               f"paths.cache_dir={workdir / 'cache'}", "task=captcha", *RESUMABLE]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_captcha(workdir, *RESUMABLE, output=subprocess.DEVNULL)
     deadline = time.time() + 240
     run = None
     while time.time() < deadline and proc.poll() is None:
@@ -127,11 +133,7 @@ def test_ctrl_c_saves_the_current_step_and_resume_matches_an_uninterrupted_run(w
     reference = final_weights(latest_run(workdir))
 
     before = set(run_dirs(workdir))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINER_RUN_STAMP", None)
-    command = [sys.executable, "-m", "trainer", f"paths.output_dir={workdir / 'outputs'}",
-               f"paths.cache_dir={workdir / 'cache'}", "task=captcha", *args, "trainer.log_every_n_steps=1"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_captcha(workdir, *args, "trainer.log_every_n_steps=1")
     for line in proc.stdout:  # the first logged step of epoch 1
         if "epoch 1 step 2:" in line:
             proc.send_signal(signal.SIGINT)
@@ -150,11 +152,7 @@ def test_ctrl_c_saves_the_current_step_and_resume_matches_an_uninterrupted_run(w
 
 
 def test_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(workdir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("TRAINER_RUN_STAMP", None)
-    command = [sys.executable, "-m", "trainer", f"paths.output_dir={workdir / 'outputs'}",
-               f"paths.cache_dir={workdir / 'cache'}", "task=captcha", *RESUMABLE, "dataset.train_size=5000"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_captcha(workdir, *RESUMABLE, "dataset.train_size=5000")
     for line in proc.stdout:
         if "rendering" in line:  # setting up the data, before any training step
             proc.send_signal(signal.SIGINT)
