@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,20 @@ def test_eval_mode_scores_a_checkpoint_on_a_split(trained, workdir):
     assert out["mode"] == "eval" and 0.0 <= out["val"]["val/acc"] <= 1.0
     best = json.loads((run / "results.json").read_text())["best"]
     assert out["val"]["val/acc"] == pytest.approx(best)  # the best checkpoint reproduces its validation score
+
+
+def test_console_logs_on_a_pipe_are_plain_lines(trained):
+    """Not rich's layout, which padded every line to 200 columns and wrapped long ones without time or level."""
+    _, proc = trained
+    logs = [line for line in proc.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line)]
+    assert any("epoch 2 step" in line and "val/acc=" in line for line in logs)
+    assert logs and not any(line.endswith(" ") for line in logs)
+
+
+def test_a_run_without_loggers(workdir):
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=1", "~logger")
+    run = latest_run(workdir)
+    assert json.loads((run / "results.json").read_text())["status"] == "ok" and not (run / "metrics.csv").exists()
 
 
 def test_eval_takes_the_task_and_data_settings_from_the_checkpoint(trained, workdir):
