@@ -223,6 +223,9 @@ def test_command_line_keys_win_over_a_stages_values():
     assert b.optim.lr == 1e-4 and b.trainer.limit_train_batches == 5
     (_, a), (_, b) = stage_configs(cfg)
     assert (a.trainer.max_epochs, b.trainer.max_epochs) == (5, 20)
+    # stages.b.trainer.max_epochs=20 given on the command line as well: for b, that one wins
+    (_, a), (_, b) = stage_configs(cfg, [*pinned, "stages.b.trainer.max_epochs"])
+    assert (a.trainer.max_epochs, b.trainer.max_epochs) == (1, 20)
 
 
 def test_schedules_shape():

@@ -186,3 +186,17 @@ def test_a_resumed_stage_must_keep_its_planned_steps(tmp_path):
     with pytest.raises(UserError, match="planned for 8 steps and its config now gives 12"):
         fit(longer, torch.device("cpu"), None, Counters(total_steps=8))
     fit(toy_stage(tmp_path, max_epochs=3), torch.device("cpu"), None, Counters(total_steps=8))  # no schedule: fine
+
+
+def test_an_interrupt_on_the_last_step_ends_the_stage_as_planned(tmp_path):
+    """Saved mid-stage at step == max_steps, a resume would train past the budget (or past OneCycle's end)."""
+    from trainer.callbacks import GracefulInterrupt
+
+    interrupt = GracefulInterrupt(enabled=False)
+    interrupt.requested = True  # as if Ctrl-C came during the first step
+    result = fit(toy_stage(tmp_path / "a", max_steps=1), torch.device("cpu"), None, Counters(), interrupt)
+    assert result.stop_reason == "max_steps=1" and result.counters.stage_done
+    with pytest.raises(KeyboardInterrupt):  # not the last step: last.pt at this step, then stop
+        fit(toy_stage(tmp_path / "b", max_steps=2), torch.device("cpu"), None, Counters(), interrupt)
+    saved = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["counters"]
+    assert saved["step"] == 1 and not saved["stage_done"]

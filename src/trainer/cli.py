@@ -296,17 +296,17 @@ def _main(argv: list[str] | None) -> None:
     dist.init_from_env()
     if dist.world_size() > 1:  # (rank 0's stamp, without the same-second check: the run folder is not known yet)
         os.environ["TRAINER_RUN_STAMP"] = dist.broadcast_object(_run_stamp())
-        if dist.rank() > 0:
-            overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
     try:
         overrides = _resume_overrides(overrides)
-        overrides = _checkpoint_task(overrides)
+        overrides = _checkpoint_task(overrides, multirun)
         if not any(f in flags for f in PASS_THROUGH_FLAGS if f not in SHOW_CONFIG_FLAGS):
             validate(overrides, multirun)
     except UserError as e:
         fail(str(e))
 
+    if dist.rank() > 0:  # last, so that they win over a resume's record (only rank 0 writes)
+        overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     import hydra
 
     sys.argv = [sys.argv[0], *overrides, *flags]  # flags last: a bare --info must not take an override as its value
@@ -338,21 +338,23 @@ def _resume_overrides(overrides: list[str]) -> list[str]:
     original = [o for o in OmegaConf.load(saved) if not str(o).startswith("resume=")]
     rest = [o for o in overrides if not o.startswith("resume=")]
     # the resume's own Hydra record goes beside the run's, which stays the original (the next resume reads it)
-    record = f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    record = f"hydra.output_subdir=.hydra/resume-{_run_stamp()}"
     return [*original, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}", record]
 
 
-def _checkpoint_task(overrides: list[str]) -> list[str]:
-    """mode=eval/predict without task=: the task the checkpoint was trained by (not the default, captcha)."""
+def _checkpoint_task(overrides: list[str], multirun: bool = False) -> list[str]:
+    """mode=eval/predict without task=: the task the checkpoint was trained by (not the default, captcha); not for
+    a sweep, whose ckpt= may list several."""
     def last(key: str) -> str | None:
         given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
         return given[-1] if given else None
 
-    if last("mode") not in ("eval", "predict") or not last("ckpt") or last("task") is not None:
+    if multirun or last("mode") not in ("eval", "predict") or not last("ckpt") or last("task") is not None:
         return overrides
     from omegaconf import OmegaConf
 
     from .checkpoint import load
 
-    task = OmegaConf.create(load(last("ckpt")).get("config") or "{}").get("task_name")
+    state = load(last("ckpt"))
+    task = OmegaConf.create(state.get("config") or "{}").get("task_name") if isinstance(state, dict) else None
     return [f"task={task}", *overrides] if task else overrides

@@ -385,21 +385,20 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
                 if validate(counters.epoch + 1):
                     stop_reason = "early stopping"
                 train_mode()
-            if tcfg.checkpoint_every_n_steps and counters.step % tcfg.checkpoint_every_n_steps == 0:
-                counters.train_seconds = time.monotonic() - t_start
-                save_last()
-            if interrupt is not None and interrupt.requested:  # resumable from this very step
-                counters.train_seconds = time.monotonic() - t_start
-                save_last()
-                raise KeyboardInterrupt
             if max_seconds < math.inf:  # rank 0's clock decides for every rank (see rank0_value)
                 elapsed = dist.rank0_value(time.monotonic() - t_start)
             if max_steps > 0 and counters.step >= max_steps:
                 stop_reason = stop_reason or ("fast_dev_run" if tcfg.fast_dev_run else f"max_steps={max_steps}")
             elif elapsed >= max_seconds:
                 stop_reason = stop_reason or f"max_time={tcfg.max_time}"
-            if stop_reason:
+            if stop_reason:  # (an interrupt now: the stage ends as planned, then train() stops the run)
                 break
+            interrupted = interrupt is not None and interrupt.requested  # Ctrl-C or SIGTERM: resumable from here
+            if interrupted or (tcfg.checkpoint_every_n_steps and counters.step % tcfg.checkpoint_every_n_steps == 0):
+                counters.train_seconds = time.monotonic() - t_start
+                save_last()
+            if interrupted:
+                raise KeyboardInterrupt
 
         # -- end of an epoch, or of the budget --
         progress.end_epoch(counters.batch_in_epoch)

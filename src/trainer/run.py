@@ -35,6 +35,8 @@ log = logging.getLogger("trainer")
 #: Keys of a stage entry that configure the stage itself rather than override a config section.
 STAGE_OPTIONS = ("init", "trainable", "frozen")
 _ABSENT = object()
+#: Dataset keys that describe the machine rather than the data: eval/predict take them from the current config.
+MACHINE_KEYS = {"num_workers", "render_workers", "pin_memory", "download", "cache_dir"}
 
 
 def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -93,11 +95,13 @@ def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str
                            or ("_target_" in value and value.get("_target_") != old.get("_target_")))
                 scfg[key] = value if replace else OmegaConf.merge(old, value)
             for key in pinned:
+                if f"stages.{name}.{key}" in pinned:  # set for this stage on the command line too: that wins
+                    continue
                 ours = OmegaConf.select(base, key, default=_ABSENT)
                 theirs = OmegaConf.select(scfg, key, default=_ABSENT)
                 if ours is not _ABSENT and theirs is not _ABSENT and ours != theirs:
                     OmegaConf.update(scfg, key, ours, merge=False)
-                    log.info(f"[{name}] {key}={ours} from the command line, over the stage's {theirs}")
+                    log.info(f"[{name}] {key}={ours} from the command line or debug=, over the stage's {theirs}")
             scfg.stage = {"name": name, **{k: node.get(k) for k in STAGE_OPTIONS}}
         out.append((str(name), scfg))
     if not out:
@@ -112,7 +116,7 @@ def command_line_keys() -> list[str]:
     keys = []
     for o in _task_overrides():
         key = o.key_or_group
-        if o.is_delete() or key.startswith(("stages", "hydra.")):
+        if o.is_delete() or key.startswith("hydra.") or key == "stages":
             continue
         value = o.value()
         if "." in key:
@@ -388,6 +392,7 @@ def _checkpoint_dataset(cfg: DictConfig, saved: DictConfig) -> DictConfig:
     if not isinstance(theirs, DictConfig) or theirs.get("_target_") != current.get("_target_"):
         return current
     given = {o.key_or_group.split(".")[1] for o in _task_overrides() if o.key_or_group.startswith("dataset.")}
+    given |= MACHINE_KEYS  # how this machine loads data, not how the model was trained
     raw = OmegaConf.to_container(current, resolve=False)
     out, taken = current.copy(), []
     with open_dict(out):
