@@ -183,8 +183,10 @@ def test_a_resumed_stage_must_keep_its_planned_steps(tmp_path):
     assert result.counters.total_steps == 8 and result.stop_reason == "max_epochs=2"  # 64 / 16 x 2
     longer = toy_stage(tmp_path, max_epochs=3)
     longer.scheduler_factory = functools.partial(warmup_cosine, warmup=0.0)
+    longer.config_path, longer.config_yaml = tmp_path / "config.yaml", "max_epochs: 3\n"
     with pytest.raises(UserError, match="planned for 8 steps and its config now gives 12"):
         fit(longer, torch.device("cpu"), None, Counters(total_steps=8))
+    assert not longer.config_path.exists()  # the refused resume did not rewrite the run's config
     fit(toy_stage(tmp_path, max_epochs=3), torch.device("cpu"), None, Counters(total_steps=8))  # no schedule: fine
 
 

@@ -63,6 +63,17 @@ def test_two_stages_seed_freeze_and_switch_optimizer(workdir):
     assert (run / ".hydra" / "overrides.yaml").read_text() == overrides  # failed attempts left no trace
     cli(workdir, f"resume={run}")  # and the run still resumes
 
+    # Stopped inside its last stage, a resume into a longer plan is refused by `fit` (which counts the steps); the
+    # stage's config.yaml still says what the run trained with.
+    (run / "results.json").unlink()
+    state = torch.load(ckpts / "last.pt", weights_only=False)
+    state["counters"]["stage_done"] = False
+    torch.save(state, ckpts / "last.pt")
+    saved_config = (run / "config.finetune.yaml").read_text()
+    proc = cli(workdir, f"resume={run}", "trainer.max_epochs=3", check=False)
+    assert proc.returncode == 2 and "was planned for" in proc.stderr, proc.stderr[-1500:]
+    assert (run / "config.finetune.yaml").read_text() == saved_config
+
 
 def test_overfit_debug_mode_memorises_two_batches(workdir):
     cli(workdir, "task=captcha", *TINY_DATA, *TINY_TRAINER, "debug=overfit", "trainer.max_epochs=120", "optim.lr=3e-3",

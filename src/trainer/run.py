@@ -154,14 +154,12 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
         _init_weights(net, init, prev_best, name)
     bn_frozen = apply_freeze(net, opts.get("trainable"), opts.get("frozen"))
     text = OmegaConf.to_yaml(scfg, resolve=True)
-    if main:
-        (run_dir / ("config.yaml" if n_stages == 1 else f"config.{name}.yaml")).write_text(text)
-        if index == 0:
-            from rich.syntax import Syntax
+    if main and index == 0:
+        from rich.syntax import Syntax
 
-            from .progress import console
+        from .progress import console
 
-            console.print(Syntax(text, "yaml", background_color="default"))
+        console.print(Syntax(text, "yaml", background_color="default"))
     n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in net.parameters())
     log.info(f"[{name}] {type(model).__name__} + {type(head).__name__}: {n_train:,} of {n_all:,} parameters train")
@@ -171,6 +169,7 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
         optimizer_factory=build(scfg.optim, "optim"),
         scheduler_factory=build(scfg.sched, "sched") if scfg.get("sched") else None,
         run_dir=run_dir if main else None, best_path=best_path, loggers=loggers, bn_frozen=bn_frozen,
+        config_path=run_dir / ("config.yaml" if n_stages == 1 else f"config.{name}.yaml"),
     )
 
 
