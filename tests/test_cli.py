@@ -60,7 +60,7 @@ def test_a_run_without_loggers(workdir):
     assert json.loads((run / "results.json").read_text())["status"] == "ok" and not (run / "metrics.csv").exists()
 
 
-def test_eval_takes_the_task_and_data_settings_from_the_checkpoint(trained, workdir):
+def test_eval_takes_the_task_and_data_settings_from_the_checkpoint(trained, workdir, tmp_path):
     """No task= and none of the run's dataset overrides (64x24 images, 64 test captchas): the checkpoint supplies
     them, so the run's test score comes back; before, this evaluated 160x60 captchas and crashed in the model."""
     run, _ = trained
@@ -69,8 +69,11 @@ def test_eval_takes_the_task_and_data_settings_from_the_checkpoint(trained, work
     out = json.loads((latest_run(workdir) / "results.json").read_text())
     trained_test = json.loads((run / "results.json").read_text())["test"]
     assert out["test"]["test/loss"] == pytest.approx(trained_test["test/loss"])
-    proc = cli(workdir, "mode=eval", f"ckpt={run}", "dataset.test_size=32", check=False)  # the command line wins
+    cache = tmp_path / "fresh-cache"  # the test split is rendered, not the 256 training captchas (seed 1000)
+    proc = cli(workdir, "mode=eval", f"ckpt={run}", "dataset.test_size=32", f"paths.cache_dir={cache}", check=False)
     assert proc.returncode == 0 and "test_size=" not in proc.stderr.split("dataset settings")[1].split("\n")[0]
+    rendered = sorted(p.name for p in (cache / "captcha").iterdir())
+    assert any("seed3000-n32-" in name for name in rendered) and not any("seed1000" in n for n in rendered), rendered
     proc = cli(workdir, "task=segmentation", "mode=eval", f"ckpt={run}", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
         "error: ckpt=") and "was trained by task=captcha, not task=segmentation" in proc.stderr

@@ -202,7 +202,9 @@ class CaptchaData(DataModule):
             if n <= 0:
                 continue
             seed = SPLIT_SEEDS[split]
-            if self.cache and not (split == "train" and self.fresh):
+            # mode=eval scores one split, normally test: the training split is rendered only if it is the one asked for
+            lazy_train = split == "train" and (self.fresh or stage == "eval")
+            if self.cache and not lazy_train:
                 arrays = cached_split(self.cache_dir, seed, n, self.length, self.width, self.height,
                                       self.render_size, self.render_workers)
                 self.splits[split] = ArrayDataset(arrays, transform=_to_float)
