@@ -33,6 +33,11 @@ def test_two_stages_seed_freeze_and_switch_optimizer(workdir):
     assert any(not torch.equal(first[k], second[k]) for k in heads)  # trained in stage 2
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "ok" and "test/acc" in results["test"]
+    assert results["best_ckpt"] == str(ckpts / "best.pt") and results["best_step"] in (8, 16), results  # finetune's
+    assert results["best_epoch"] == results["best_step"] // 8  # 256 images / 32 a batch: 8 steps an epoch
+    counters = torch.load(ckpts / "last.pt", weights_only=True)["counters"]
+    assert counters["earlier_stages_seconds"] > 0  # pretrain's time, carried into finetune's counters
+    assert results["fit_seconds"] == round(counters["earlier_stages_seconds"] + counters["train_seconds"], 1)
 
     # A finished run is not resumed (which would rewrite its records); it says how to test it again.
     proc = cli(workdir, f"resume={run}", check=False)
@@ -47,7 +52,8 @@ def test_two_stages_seed_freeze_and_switch_optimizer(workdir):
     for k in second:
         assert torch.equal(second[k], again["net"][k]), k
     resumed = json.loads((run / "results.json").read_text())
-    for key in ("monitor", "best", "steps", "stop_reason", "test"):
+    for key in ("monitor", "best", "best_epoch", "best_step", "best_ckpt", "fit_seconds", "steps", "stop_reason",
+                "test"):
         assert resumed[key] == results[key] and resumed[key] is not None, (key, resumed, results)
     assert results["stop_reason"] == "max_epochs=2"
     overrides = (run / ".hydra" / "overrides.yaml").read_text()

@@ -16,10 +16,12 @@ class MonitorTracker:
     def __init__(self, monitor: str, mode: str, patience: int | None = None, min_delta: float = 0.0):
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.best: float | None = None
+        self.best_epoch: int | None = None  # where the best was seen (1-based epoch, optimizer steps of the stage)
+        self.best_step: int | None = None
         self.bad_validations = 0
 
-    def update(self, metrics: dict[str, float]) -> bool:
-        """Record one validation; True when it is a new best."""
+    def update(self, metrics: dict[str, float], epoch: int | None = None, step: int | None = None) -> bool:
+        """Record one validation (after `epoch`, at `step`); True when it is a new best."""
         if self.monitor not in metrics:
             from .errors import UserError
 
@@ -37,7 +39,7 @@ class MonitorTracker:
         else:
             improved = value < self.best - self.min_delta
         if improved:
-            self.best, self.bad_validations = value, 0
+            self.best, self.best_epoch, self.best_step, self.bad_validations = value, epoch, step, 0
         else:
             self.bad_validations += 1
         return improved
@@ -47,10 +49,12 @@ class MonitorTracker:
         return self.patience is not None and self.bad_validations >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_validations": self.bad_validations, "monitor": self.monitor}
+        return {"best": self.best, "bad_validations": self.bad_validations, "monitor": self.monitor,
+                "best_epoch": self.best_epoch, "best_step": self.best_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_validations = state["best"], state["bad_validations"]
+        self.best_epoch, self.best_step = state.get("best_epoch"), state.get("best_step")  # (older last.pt: none)
 
 
 class NonFiniteGuard:

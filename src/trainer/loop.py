@@ -56,6 +56,7 @@ class Counters:
     step: int = 0  # optimizer steps in this stage
     global_step: int = 0  # optimizer steps over all stages of the run
     train_seconds: float = 0.0  # time spent training this stage, over all resumes (for max_time)
+    earlier_stages_seconds: float = 0.0  # ... and the run's finished stages (results.json's fit_seconds)
     stop_reason: str | None = None  # why the stage ended, once it has
     total_steps: int | None = None  # the plan the schedule is laid out over; a resume must keep it
 
@@ -66,6 +67,8 @@ class FitResult:
     monitor: str
     best: float | None
     stop_reason: str
+    best_epoch: int | None = None
+    best_step: int | None = None
 
 
 @dataclass
@@ -299,7 +302,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
             for split, loader in extra_loaders.items():
                 scores = evaluate(net, loader, device, tcfg.precision, split=split)
                 metrics.update({f"{split}/{k}": v for k, v in scores.items()})
-            improved = tracker.update(metrics)
+            improved = tracker.update(metrics, epoch=epoch, step=counters.step)
             if improved:
                 save_weights(stage.best_path, epoch)
         log_metrics(metrics, epoch)
@@ -429,4 +432,5 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
     log.info(f"[{stage.name}] finished ({stop_reason}): {counters.step} steps in "
              f"{counters.train_seconds:.0f}s; " + (f"best {monitor} = {tracker.best}" if val_loader is not None
                                                    else "no validation split: best.pt holds the final weights"))
-    return FitResult(counters=counters, monitor=monitor, best=tracker.best, stop_reason=stop_reason)
+    return FitResult(counters=counters, monitor=monitor, best=tracker.best, stop_reason=stop_reason,
+                     best_epoch=tracker.best_epoch, best_step=tracker.best_step)

@@ -244,7 +244,8 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
                 continue
             resuming = resume is not None and index == counters.stage_index
             if not resuming:
-                counters = Counters(stage_index=index, global_step=counters.global_step)
+                counters = Counters(stage_index=index, global_step=counters.global_step,
+                                    earlier_stages_seconds=counters.earlier_stages_seconds + counters.train_seconds)
             stage = build_stage(scfg, name, index, len(stages), run_dir, main, loggers, prev_best)
             if resuming:
                 stage.data.load_state_dict(resume["data"])
@@ -256,13 +257,18 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
                 raise KeyboardInterrupt
 
     result: dict[str, Any] = {"task": cfg.get("task_name"), "status": "ok", "run_dir": str(run_dir)}
-    if fit_result is not None:
-        result.update(monitor=fit_result.monitor, best=fit_result.best, steps=counters.global_step,
-                      stop_reason=fit_result.stop_reason)
-    elif resume is not None:  # every stage had finished (killed during the test): the record is in last.pt
-        result.update(monitor=resume["tracker"].get("monitor"), best=resume["tracker"]["best"],
-                      steps=counters.global_step, stop_reason=counters.stop_reason)
     final_best = run_dir / "checkpoints" / "best.pt"
+    if fit_result is not None:
+        result.update(monitor=fit_result.monitor, best=fit_result.best, best_epoch=fit_result.best_epoch,
+                      best_step=fit_result.best_step, steps=counters.global_step, stop_reason=fit_result.stop_reason)
+    elif resume is not None:  # every stage had finished (killed during the test): the record is in last.pt
+        tracker = resume["tracker"]
+        result.update(monitor=tracker.get("monitor"), best=tracker["best"], best_epoch=tracker.get("best_epoch"),
+                      best_step=tracker.get("best_step"), steps=counters.global_step, stop_reason=counters.stop_reason)
+    if final_best.is_file():
+        result["best_ckpt"] = str(final_best)
+    # training time over every stage and every resume; train_seconds is this process, data set-up and test included
+    result["fit_seconds"] = round(counters.earlier_stages_seconds + counters.train_seconds, 1)
     if stage is None:  # resumed a run whose every stage had finished: rebuild the last one for the test
         name, scfg = stages[-1]
         stage = build_stage(scfg, name, len(stages) - 1, len(stages), run_dir, main, loggers, prev_best)
