@@ -160,3 +160,25 @@ def test_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(workdir):
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, rest[-2000:]
     assert "error: interrupted before the first checkpoint was written: nothing to resume" in rest, rest[-2000:]
+
+
+def test_ctrl_c_in_a_sweep_still_writes_the_summary_of_the_jobs_so_far(workdir):
+    before = set((workdir / "outputs" / "multirun").glob("*"))
+    proc = start_captcha(workdir, "-m", *TINY_CAPTCHA, "trainer.log_every_n_steps=1", "trainer.max_epochs=1",
+                         "seed=1,2,3")
+    second_job = False
+    for line in proc.stdout:
+        second_job = second_job or "#1 :" in line  # Hydra launches the second job
+        if second_job and "step 2:" in line:  # ... which trains
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest[-2000:]
+    sweep = (set((workdir / "outputs" / "multirun").glob("*")) - before).pop()
+    assert f"error: interrupted; resume with: python -m trainer resume={sweep / '1'}" in rest, rest[-2000:]
+    assert "error: sweep interrupted: the jobs after the last one above did not run" in rest, rest[-2000:]
+    assert (sweep / "multirun.yaml").is_file()  # which the message points to
+    rows = (sweep / "summary.csv").read_text().splitlines()  # header, job 0, job 1
+    assert len(rows) == 3 and ",ok," in rows[1] and ",failed," in rows[2] and "interrupted" in rows[2], rows
+    assert not (sweep / "2").exists()
+

@@ -30,6 +30,7 @@ VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--conf
 SHOW_CONFIG_FLAGS = ("--cfg", "-c", "--resolve", "--package", "-p")
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 _failures: list[str] = []
+_sweep_dir: Path | None = None  # set by the first job of a multirun
 
 
 def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -238,9 +239,12 @@ def job(cfg) -> dict:
     from .progress import print_error
     from .run import run
 
+    global _sweep_dir
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        _sweep_dir = Path(hc.sweep.dir)
     if dist.is_main():  # this job's own overrides (one job of a sweep: its values); a resume adds a line
         with open(run_dir / "command.txt", "a") as f:
             f.write(" ".join(["python -m trainer", *map(shlex.quote, hc.overrides.task)]) + "\n")
@@ -266,7 +270,9 @@ def job(cfg) -> dict:
             (run_dir / "results.json").write_text(
                 json.dumps({"task": cfg.get("task_name"), "status": "failed", "error": message}, indent=2) + "\n")
         _failures.append(message)
-        if multirun and not isinstance(e, KeyboardInterrupt):
+        if multirun:
+            if isinstance(e, KeyboardInterrupt):
+                raise  # the rest of the sweep is not run; main() writes the summary of the jobs so far
             return {"status": "failed", "error": message}
         with contextlib.suppress(Exception):  # a broken group must not turn the one-line error into a traceback
             dist.shutdown(wait=False)
@@ -276,8 +282,18 @@ def job(cfg) -> dict:
 def main(argv: list[str] | None = None) -> None:
     try:
         _main(argv)
-    except KeyboardInterrupt:  # during start-up (imports, composing the config): no run to resume yet
-        fail("interrupted during start-up", code=130)
+    except KeyboardInterrupt:
+        if _sweep_dir is None:  # during start-up (imports, composing the config): no run to resume yet
+            fail("interrupted during start-up", code=130)
+        from . import distributed as dist  # a sweep: Hydra's end-of-sweep callback will not run, so the table is ours
+        from .sweep import write_summary
+
+        if dist.is_main():
+            write_summary(_sweep_dir)
+        with contextlib.suppress(Exception):
+            dist.shutdown(wait=False)
+        fail(f"sweep interrupted: the jobs after the last one above did not run (their overrides are in "
+             f"{_sweep_dir / 'multirun.yaml'})", code=130)
 
 
 def _main(argv: list[str] | None) -> None:
