@@ -42,7 +42,7 @@ def cli(workdir: Path, *args: str, timeout: int = 300, env: dict | None = None, 
 
 def run_dirs(workdir: Path, task: str = "captcha") -> list[Path]:
     root = workdir / "outputs" / task
-    return sorted(root.iterdir()) if root.is_dir() else []
+    return sorted(p for p in root.iterdir() if p.name[:1].isdigit()) if root.is_dir() else []  # not eval/, predict/
 
 
 def latest_run(workdir: Path, task: str = "captcha") -> Path:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import ROOT, TINY_CAPTCHA, TINY_MODEL, TINY_TRAINER, cli, latest_run
 
@@ -40,7 +41,7 @@ def test_run_directory_holds_config_command_metrics_checkpoints_log(trained):
 def test_eval_mode_scores_a_checkpoint_on_a_split(trained, workdir):
     run, _ = trained
     proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt={run}/checkpoints/best.pt", "split=val")
-    out = json.loads((latest_run(workdir) / "results.json").read_text())
+    out = json.loads((latest_run(workdir, "captcha/eval") / "results.json").read_text())
     assert out["mode"] == "eval" and 0.0 <= out["val"]["val/acc"] <= 1.0
     best = json.loads((run / "results.json").read_text())["best"]
     assert out["val"]["val/acc"] == pytest.approx(best)  # the best checkpoint reproduces its validation score
@@ -66,7 +67,10 @@ def test_eval_takes_the_task_and_data_settings_from_the_checkpoint(trained, work
     run, _ = trained
     proc = cli(workdir, "mode=eval", f"ckpt={run}", "trainer.progress=false")
     assert "dataset settings as the checkpoint was trained: width=64 height=24" in proc.stderr
-    out = json.loads((latest_run(workdir) / "results.json").read_text())
+    evaluated = latest_run(workdir, "captcha/eval")  # apart from the training runs, with the config that ran
+    used = OmegaConf.load(evaluated / "config.yaml")
+    assert used.model.blocks == 2 and used.dataset.width == 64 and used.mode == "eval", OmegaConf.to_yaml(used)
+    out = json.loads((evaluated / "results.json").read_text())
     trained_test = json.loads((run / "results.json").read_text())["test"]
     assert out["test"]["test/loss"] == pytest.approx(trained_test["test/loss"])
     cache = tmp_path / "fresh-cache"  # the test split is rendered, not the 256 training captchas (seed 1000)
@@ -86,7 +90,7 @@ def test_eval_of_a_checkpoint_under_a_bracketed_path(trained, workdir, tmp_path)
     odd.mkdir(parents=True)
     (odd / "best.pt").write_bytes((run / "checkpoints" / "best.pt").read_bytes())
     cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt='{odd}/best.pt'", "split=val")
-    out = json.loads((latest_run(workdir) / "results.json").read_text())
+    out = json.loads((latest_run(workdir, "captcha/eval") / "results.json").read_text())
     assert out["status"] == "ok" and out["mode"] == "eval" and "val/acc" in out["val"]
 
 

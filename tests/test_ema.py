@@ -101,5 +101,5 @@ def test_eval_of_a_run_directory_scores_the_weights_its_test_score_came_from(wor
     run = latest_run(workdir)
     reported = json.loads((run / "results.json").read_text())["test"]
     cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt={run}", "split=test")
-    scored = json.loads((latest_run(workdir) / "results.json").read_text())["test"]
+    scored = json.loads((latest_run(workdir, "captcha/eval") / "results.json").read_text())["test"]
     assert scored["test/loss"] == pytest.approx(reported["test/loss"])  # best.pt (the average), not last.pt's weights

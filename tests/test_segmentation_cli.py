@@ -75,7 +75,7 @@ def test_eval_on_an_icwb2_test_and_gold_pair_equals_scoring_the_predictions(work
     ckpt = trained / "checkpoints" / "best.pt"
     files = [f"dataset.test={corpus / 'test.utf8'}", f"dataset.gold={corpus / 'gold.utf8'}"]
     cli(workdir, "task=segmentation", "dataset=icwb2", *files, "mode=eval", f"ckpt={ckpt}")
-    metrics = json.loads((latest_run(workdir, "segmentation") / "results.json").read_text())["test"]
+    metrics = json.loads((latest_run(workdir, "segmentation/eval") / "results.json").read_text())["test"]
     out = tmp_path / "out.utf8"
     cli(workdir, "task=segmentation", "mode=predict", f"ckpt={ckpt}", f"input={corpus / 'test.utf8'}",
         f"output={out}")

@@ -72,12 +72,12 @@ def test_fashion_eval_and_predict_modes(workdir, fashion_run, fashion_dir, tmp_p
     proc = cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={fashion_run}/checkpoints/best.pt",
                "model.tta_shift=1")
     assert "model.tta_shift=1 over the checkpoint's model config" in proc.stdout + proc.stderr
-    shifted = _test_result(latest_run(workdir, "fashion_mnist"))
+    shifted = _test_result(latest_run(workdir, "fashion_mnist/eval"))
     assert shifted == pytest.approx(_test_result(fashion_run))  # reproduces the run's own test
-    assert _test_result(latest_run(workdir, "fashion_mnist"), "test/acc") == \
+    assert _test_result(latest_run(workdir, "fashion_mnist/eval"), "test/acc") == \
         pytest.approx(_test_result(fashion_run, "test/acc"))
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={fashion_run}")
-    assert _test_result(latest_run(workdir, "fashion_mnist")) != pytest.approx(shifted)  # as saved: two views
+    assert _test_result(latest_run(workdir, "fashion_mnist/eval")) != pytest.approx(shifted)  # as saved: two views
     # the override applies also onto a checkpoint whose saved config predates the option
     state = torch.load(fashion_run / "checkpoints" / "best.pt", weights_only=False)
     assert "tta_shift: 0" in state["config"]
@@ -85,7 +85,7 @@ def test_fashion_eval_and_predict_modes(workdir, fashion_run, fashion_dir, tmp_p
     older = tmp_path / "older.pt"
     torch.save(state, older)
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={older}", "model.tta_shift=1")
-    assert _test_result(latest_run(workdir, "fashion_mnist")) == pytest.approx(shifted)
+    assert _test_result(latest_run(workdir, "fashion_mnist/eval")) == pytest.approx(shifted)
     out = tmp_path / "pred.tsv"
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=predict", f"ckpt={fashion_run}",
         f"input={fashion_dir / 't10k-images-idx3-ubyte.gz'}", f"output={out}",
@@ -101,7 +101,7 @@ def test_test_model_null_tests_the_model_as_validated(workdir, fashion_dir):
     run = latest_run(workdir, "fashion_mnist")
     assert "trainer.test_model" not in (run / "run.log").read_text()
     cli(workdir, "task=fashion_mnist", *TINY_FASHION, "mode=eval", f"ckpt={run}")
-    assert _test_result(run) == pytest.approx(_test_result(latest_run(workdir, "fashion_mnist")))
+    assert _test_result(run) == pytest.approx(_test_result(latest_run(workdir, "fashion_mnist/eval")))
 
 
 def test_test_model_typo_fails_before_training(workdir, fashion_dir):

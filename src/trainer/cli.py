@@ -87,6 +87,8 @@ def register_resolvers() -> None:
 
     if not OmegaConf.has_resolver("run_stamp"):
         OmegaConf.register_new_resolver("run_stamp", _run_stamp)
+    if not OmegaConf.has_resolver("mode_dir"):  # eval and predict runs apart from the training runs they read
+        OmegaConf.register_new_resolver("mode_dir", lambda mode: "" if mode == "train" else f"/{mode}")
 
 
 # ---- --help ---------------------------------------------------------------------------------------------------------

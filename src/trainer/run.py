@@ -412,7 +412,7 @@ def _checkpoint_dataset(cfg: DictConfig, saved: DictConfig) -> DictConfig:
     return out
 
 
-def _checkpoint_net(cfg: DictConfig, device: torch.device):
+def _checkpoint_net(cfg: DictConfig, device: torch.device, run_dir: Path):
     """Model from the checkpoint's own config, dataset settings from it too (see `_checkpoint_dataset`), head from
     the current config (decode options).
 
@@ -432,11 +432,17 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
     applied = _override_model(saved.model, _command_line_model_overrides())
     for text in applied:
         log.info(f"{cfg.mode}: {text} over the checkpoint's model config")
-    data = build(_checkpoint_dataset(cfg, saved), "dataset")
+    data_cfg = _checkpoint_dataset(cfg, saved)
+    data = build(data_cfg, "dataset")
     data.load_state_dict(state.get("data") or {})
     data.setup("predict" if cfg.mode == "predict" else "eval")
     with open_dict(cfg):
         cfg.data_info = data.info
+    if dist.is_main():  # what ran: this command's config with the checkpoint's model and dataset settings
+        used = cfg.copy()
+        with open_dict(used):
+            used.model, used.dataset = saved.model, data_cfg
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(used, resolve=True))
     net = TaskNet(build(saved.model, "model"), build(cfg.head, "head"))
     changed = f" as changed by {' '.join(applied)}" if applied else ""
     _load_into(net, state["net"], f"checkpoint {cfg.ckpt} does not fit the model{changed} or this task's head")
@@ -444,7 +450,7 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device):
 
 
 def eval_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
-    data, net = _checkpoint_net(cfg, device)
+    data, net = _checkpoint_net(cfg, device, run_dir)
     split = cfg.get("split") or "test"
     if not data.has_split(split):
         raise UserError(f"split='{split}' does not exist for this dataset; it has: {', '.join(data.splits)}")
@@ -474,7 +480,7 @@ def predict(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, A
         except OSError as e:
             raise UserError(f"cannot write output={output}: {e.strerror}; give a writable file path, or - for "
                             "standard output") from None
-    data, net = _checkpoint_net(cfg, device)
+    data, net = _checkpoint_net(cfg, device, run_dir)
     if str(cfg.input) == "-" and not data.reads_stdin:
         raise UserError(f"input=- (standard input) is for text; task={cfg.get('task_name')} reads images: give "
                         "input=FILE or input=FOLDER")
