@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from datasets.base import BucketBatches
-from datasets.cws_formats import (B, E, M, S, decode_utf8, parse_people_daily, parse_segmented,
+from datasets.cws_formats import (B, E, M, S, decode_utf8, parse_people_daily, parse_segmented, read_lines,
                                   read_user_dictionary, split_clauses, tags_to_words, word_tags, write_segmented)
 from datasets.segmentation import (IGNORE, PAD, UNK, BigramVocabulary, ClauseTable, PeopleDaily, Sentence,
                                    SentenceDataset, Vocabulary)
@@ -30,7 +30,15 @@ def test_gbk_bytes_are_a_one_line_error_naming_the_line():
     with pytest.raises(UserError) as e:
         decode_utf8(data, "x.txt")
     message = str(e.value)
-    assert "\n" not in message and "x.txt is not UTF-8" in message and "line 2" in message and "iconv" in message
+    assert "\n" not in message and "x.txt is not UTF-8" in message and "line 2" in message
+    assert "iconv -f GBK -t UTF-8 x.txt > x.txt.utf8" in message
+    with pytest.raises(UserError, match="pipe it through iconv -f GBK -t UTF-8$"):  # no file to name
+        decode_utf8(data, "standard input")
+
+
+def test_a_folder_given_as_text_input_says_so(tmp_path):
+    with pytest.raises(UserError, match=f"{tmp_path} is a folder; give a UTF-8 text file"):
+        read_lines(tmp_path)
 
 
 def test_utf8_lines_keep_empty_lines_and_drop_bom_and_cr():

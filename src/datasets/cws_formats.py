@@ -36,8 +36,10 @@ def decode_utf8(data: bytes, source: str) -> list[str]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
+        how = ("pipe it through iconv -f GBK -t UTF-8" if source == "standard input"
+               else f"e.g. iconv -f GBK -t UTF-8 {source} > {source}.utf8")
         raise UserError(f"{source} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); SIGHAN files are "
-                        f"UTF-8: convert it, e.g. iconv -f GBK -t UTF-8 {source} > {source}.utf8") from None
+                        f"UTF-8: convert it, {how}") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line
@@ -49,6 +51,9 @@ def read_lines(path: str | Path) -> list[str]:
     if str(path) == "-":
         return decode_utf8(sys.stdin.buffer.read(), "standard input")
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a UTF-8 text file (one sentence or paragraph a line), or - for "
+                        "standard input")
     if not path.is_file():
         raise UserError(f"text file not found: {path}")
     return decode_utf8(path.read_bytes(), str(path))
