@@ -17,7 +17,7 @@ from trainer.callbacks import MonitorTracker, NonFiniteGuard
 from trainer.config import parse_duration, trainer_config
 from trainer.errors import NonFiniteLossError, UserError
 from trainer.loop import apply_freeze, param_groups
-from trainer.run import stage_configs
+from trainer.run import _check_resumable, stage_configs
 from trainer.schedules import one_cycle, seek, step_decay, warmup_cosine
 
 
@@ -205,6 +205,18 @@ def test_stage_overrides_merge_or_replace_by_target():
     assert b.trainer.max_epochs == 10 and b.stage.frozen == ["x"] and "stages" not in b
     with pytest.raises(UserError, match="not a config section"):
         stage_configs(OmegaConf.create({"stages": {"a": {"optimm": {}}}}))
+
+
+def test_a_resume_may_change_where_the_first_weights_came_from_but_not_the_model():
+    """last.pt replaces the initial weights: model.pretrained=false (no internet on the resuming machine) is no change."""
+    saved = OmegaConf.create({"task_name": "dogs", "model": {"arch": "resnet18", "pretrained": True, "dropout": 0.2},
+                              "trainer": {"max_epochs": 3}})
+    now = saved.copy()
+    now.model.pretrained, now.model.weights_path = False, "/local/resnet18.pth"
+    _check_resumable(saved, [("train", now)], index=0, done=False)
+    now.model.dropout = 0.5
+    with pytest.raises(UserError, match=r"the model config changed \(model.dropout: 0.2 -> 0.5\)"):
+        _check_resumable(saved, [("train", now)], index=0, done=False)
 
 
 def test_command_line_keys_win_over_a_stages_values():

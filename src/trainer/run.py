@@ -305,6 +305,10 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     return result
 
 
+# where the first weights come from: last.pt replaces them on a resume (pretrained=false on a machine without internet)
+INIT_ONLY_MODEL_KEYS = ("pretrained", "weights_path")
+
+
 def _check_resumable(saved: DictConfig, stages: list[tuple[str, DictConfig]], index: int, done: bool) -> None:
     """A resume continues the run that wrote last.pt: the same task and model, and for a finished stage the same
     budget (a larger one would be silently ignored). Checked before anything is written."""
@@ -315,7 +319,8 @@ def _check_resumable(saved: DictConfig, stages: list[tuple[str, DictConfig]], in
         raise UserError(f"resume: this run is task={saved.task_name}, not task={current.get('task_name')}")
     raw = OmegaConf.to_container(current.model, resolve=False)
     changed = [f"model.{k}: {saved.model.get(k)} -> {v}" for k, v in raw.items()
-               if not (isinstance(v, str) and "${" in v) and saved.model.get(k) != v]  # ${data_info.*} comes later
+               if not (isinstance(v, str) and "${" in v) and saved.model.get(k) != v  # ${data_info.*} comes later
+               and k not in INIT_ONLY_MODEL_KEYS]
     if changed:
         raise UserError(f"resume: the model config changed ({'; '.join(changed)}); a resume continues the same model")
     for key in ("max_epochs", "max_steps"):
