@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -53,6 +54,29 @@ def test_console_logs_on_a_pipe_are_plain_lines(trained):
     logs = [line for line in proc.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line)]
     assert any("epoch 2 step" in line and "val/acc=" in line for line in logs)
     assert logs and not any(line.endswith(" ") for line in logs)
+
+
+def test_a_resume_from_another_folder_reads_the_runs_relative_paths(tmp_path):
+    """The run's relative paths.data_dir (and the cache under it) are from the folder it started in."""
+    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
+    started.mkdir(), elsewhere.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINER_RUN_STAMP", None)
+
+    def trainer(*args: str, cwd) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    first = trainer("task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=1", "paths.data_dir=data", "paths.output_dir=out",
+                    cwd=started)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run,) = (started / "out" / "captcha").iterdir()
+    (run / "results.json").unlink()  # as if killed during the final test
+    proc = trainer(f"resume={run}", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"resume: working in {started}, where the run was started" in proc.stderr
+    assert json.loads((run / "results.json").read_text())["status"] == "ok"
+    assert not (elsewhere / "data").exists()  # the run's cached captchas were read, not rendered again here
 
 
 def test_a_run_without_loggers(workdir):

@@ -341,7 +341,7 @@ def _resume_overrides(overrides: list[str]) -> list[str]:
     given = [o for o in overrides if o.startswith("resume=")]
     if not given or given[-1] in ("resume=null", "resume="):
         return overrides
-    run_dir = Path(given[-1].split("=", 1)[1])
+    run_dir = Path(given[-1].split("=", 1)[1]).resolve()
     if run_dir.is_file():  # a checkpoint path inside the run directory
         run_dir = run_dir.parent.parent
     saved = run_dir / ".hydra" / "overrides.yaml"
@@ -353,11 +353,25 @@ def _resume_overrides(overrides: list[str]) -> list[str]:
                         f"again: python -m trainer mode=eval ckpt={run_dir}")
     from omegaconf import OmegaConf
 
+    _run_where_it_started(run_dir)
     original = [o for o in OmegaConf.load(saved) if not str(o).startswith("resume=")]
     rest = [o for o in overrides if not o.startswith("resume=")]
     # the resume's own Hydra record goes beside the run's, which stays the original (the next resume reads it)
     record = f"hydra.output_subdir=.hydra/resume-{_run_stamp()}"
     return [*original, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}", record]
+
+
+def _run_where_it_started(run_dir: Path) -> None:
+    """Change to the folder the run was started in, so that its relative paths (paths.data_dir=../shared/data, the
+    default `data`) mean what they meant then; a resume from another folder read other data or none."""
+    from omegaconf import OmegaConf
+
+    with contextlib.suppress(Exception):  # an unreadable record: stay here
+        started = Path(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd)
+        if started.is_dir() and started.resolve() != Path.cwd().resolve():
+            os.chdir(started)
+            print(f"resume: working in {started}, where the run was started (its relative paths are from there)",
+                  file=sys.stderr)
 
 
 def _checkpoint_task(overrides: list[str], multirun: bool = False) -> list[str]:
