@@ -79,6 +79,13 @@ def test_a_resume_from_another_folder_reads_the_runs_relative_paths(tmp_path):
     assert not (elsewhere / "data").exists()  # the run's cached captchas were read, not rendered again here
 
 
+def test_a_run_refused_by_fit_keeps_its_config(workdir):
+    """An error found at the start of training (here a batch larger than the split) leaves the config that ran."""
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "dataset.batch_size=512", check=False)
+    assert proc.returncode == 2 and "yields no full batch" in proc.stderr, proc.stderr[-2000:]
+    assert "batch_size: 512" in (latest_run(workdir) / "config.yaml").read_text()
+
+
 def test_a_run_without_loggers(workdir):
     cli(workdir, "task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=1", "~logger")
     run = latest_run(workdir)

@@ -207,16 +207,20 @@ def test_stage_overrides_merge_or_replace_by_target():
         stage_configs(OmegaConf.create({"stages": {"a": {"optimm": {}}}}))
 
 
-def test_a_resume_may_change_where_the_first_weights_came_from_but_not_the_model():
-    """last.pt replaces the initial weights: model.pretrained=false (no internet on the resuming machine) is no change."""
-    saved = OmegaConf.create({"task_name": "dogs", "model": {"arch": "resnet18", "pretrained": True, "dropout": 0.2},
+def test_a_resume_may_drop_the_weights_file_it_started_from_but_not_change_the_model():
+    """last.pt replaces the initial weights: model.weights_path=null (the file is not on the resuming machine) is no
+    change; model.pretrained is, since torchvision builds another architecture for some weights."""
+    saved = OmegaConf.create({"task_name": "dogs", "model": {"arch": "inception_v3", "weights_path": "/a/inc.pth",
+                                                             "pretrained": False, "dropout": 0.2},
                               "trainer": {"max_epochs": 3}})
     now = saved.copy()
-    now.model.pretrained, now.model.weights_path = False, "/local/resnet18.pth"
+    now.model.weights_path = None
     _check_resumable(saved, [("train", now)], index=0, done=False)
-    now.model.dropout = 0.5
-    with pytest.raises(UserError, match=r"the model config changed \(model.dropout: 0.2 -> 0.5\)"):
-        _check_resumable(saved, [("train", now)], index=0, done=False)
+    for key, value, was in (("dropout", 0.5, 0.2), ("pretrained", True, False)):
+        changed = now.copy()
+        changed.model[key] = value
+        with pytest.raises(UserError, match=rf"the model config changed \(model.{key}: {was} -> {value}\)"):
+            _check_resumable(saved, [("train", changed)], index=0, done=False)
 
 
 def test_command_line_keys_win_over_a_stages_values():

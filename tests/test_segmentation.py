@@ -36,9 +36,11 @@ def test_gbk_bytes_are_a_one_line_error_naming_the_line():
         decode_utf8(data, "standard input")
 
 
-def test_a_folder_given_as_text_input_says_so(tmp_path):
+def test_a_folder_given_as_a_text_or_dictionary_file_says_so(tmp_path):
     with pytest.raises(UserError, match=f"{tmp_path} is a folder; give a UTF-8 text file"):
         read_lines(tmp_path)
+    with pytest.raises(UserError, match=f"dict={tmp_path} is a folder; give a dictionary file"):
+        read_user_dictionary(tmp_path)
 
 
 def test_utf8_lines_keep_empty_lines_and_drop_bom_and_cr():

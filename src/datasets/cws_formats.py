@@ -52,8 +52,7 @@ def read_lines(path: str | Path) -> list[str]:
         return decode_utf8(sys.stdin.buffer.read(), "standard input")
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{path} is a folder; give a UTF-8 text file (one sentence or paragraph a line), or - for "
-                        "standard input")
+        raise UserError(f"{path} is a folder; give a UTF-8 text file")
     if not path.is_file():
         raise UserError(f"text file not found: {path}")
     return decode_utf8(path.read_bytes(), str(path))
@@ -150,6 +149,8 @@ def read_user_dictionary(path: str | Path) -> list[tuple[str, float]]:
     import math
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"dict={path} is a folder; give a dictionary file (lines of word,multiplier)")
     if not path.is_file():
         raise UserError(f"dictionary file not found: {path} (dict=PATH, lines of word,multiplier)")
     entries = []

@@ -100,7 +100,10 @@ def load_arrays(root: Path, allow_download: bool) -> dict[str, tuple[np.ndarray,
     out = {}
     for split in ("train", "test"):
         images, labels = read_idx(paths[(split, "x")]), read_idx(paths[(split, "y")])
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
+        if images.ndim == 3 and images.shape[1:] != (28, 28):
+            raise UserError(f"{paths[(split, 'x')]} holds {images.shape[1]}x{images.shape[2]} images; Fashion-MNIST's "
+                            "are 28x28")
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise UserError(f"{paths[(split, 'x')]} and {paths[(split, 'y')]} do not match: images "
                             f"{images.shape}, labels {labels.shape}; expected (N, 28, 28) images and N labels")
         if labels.size and labels.max() >= len(CLASSES):

@@ -370,8 +370,9 @@ def _run_where_it_started(run_dir: Path) -> None:
         started = Path(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd)
         if started.is_dir() and started.resolve() != Path.cwd().resolve():
             os.chdir(started)
-            print(f"resume: working in {started}, where the run was started (its relative paths are from there)",
-                  file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":  # (under torchrun, once)
+                print(f"resume: working in {started}, where the run was started (its relative paths are from there)",
+                      file=sys.stderr)
 
 
 def _checkpoint_task(overrides: list[str], multirun: bool = False) -> list[str]:

@@ -86,7 +86,7 @@ class Stage:
     scheduler_factory: Any | None  # partial(optimizer, total_steps) -> LRScheduler
     run_dir: Path | None  # None on ranks > 0
     best_path: Path
-    config_path: Path | None = None  # where `fit` writes config_yaml once its checks pass (None: nowhere)
+    config_path: Path | None = None  # a resumed stage: where `fit` writes config_yaml once its checks pass
     loggers: list = field(default_factory=list)
     bn_frozen: list[nn.Module] = field(default_factory=list)
 
@@ -248,7 +248,7 @@ def fit(stage: Stage, device: torch.device, resume: dict[str, Any] | None, count
         ckpt.set_rng_state(resume["rng"])
         log.info(f"resumed stage '{stage.name}' at epoch {counters.epoch + 1}, step {counters.step}")
     guard.last_checked_step = counters.step
-    if main and stage.config_path is not None:  # after the checks: a refused resume leaves the run's record as it was
+    if main and stage.config_path is not None:  # after the checks: a refused resume leaves the run's config as it was
         stage.config_path.write_text(stage.config_yaml)
 
     model = net

@@ -139,7 +139,9 @@ def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir: Path, main: bool,
-                loggers: list, prev_best: Path | dict | None) -> Stage:
+                loggers: list, prev_best: Path | dict | None, resuming: bool = False) -> Stage:
+    """The stage's data, model, head and optimiser factories from its config. Its resolved config is written to the
+    run folder now, or, `resuming`, by `fit` once the resume has passed its checks (a refused one changes nothing)."""
     tcfg = trainer_config(scfg.trainer)
     data = build(scfg.dataset, "dataset")
     data.setup()
@@ -154,6 +156,9 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
         _init_weights(net, init, prev_best, name)
     bn_frozen = apply_freeze(net, opts.get("trainable"), opts.get("frozen"))
     text = OmegaConf.to_yaml(scfg, resolve=True)
+    config_path = run_dir / ("config.yaml" if n_stages == 1 else f"config.{name}.yaml")
+    if main and not resuming:
+        config_path.write_text(text)
     if main and index == 0:
         from rich.syntax import Syntax
 
@@ -169,7 +174,7 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
         optimizer_factory=build(scfg.optim, "optim"),
         scheduler_factory=build(scfg.sched, "sched") if scfg.get("sched") else None,
         run_dir=run_dir if main else None, best_path=best_path, loggers=loggers, bn_frozen=bn_frozen,
-        config_path=run_dir / ("config.yaml" if n_stages == 1 else f"config.{name}.yaml"),
+        config_path=config_path if resuming else None,
     )
 
 
@@ -246,7 +251,7 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
             if not resuming:
                 counters = Counters(stage_index=index, global_step=counters.global_step,
                                     earlier_stages_seconds=counters.earlier_stages_seconds + counters.train_seconds)
-            stage = build_stage(scfg, name, index, len(stages), run_dir, main, loggers, prev_best)
+            stage = build_stage(scfg, name, index, len(stages), run_dir, main, loggers, prev_best, resuming)
             if resuming:
                 stage.data.load_state_dict(resume["data"])
             fit_result = fit(stage, device, resume if resuming else None, counters, interrupt)
@@ -271,7 +276,8 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     result["fit_seconds"] = round(counters.earlier_stages_seconds + counters.train_seconds, 1)
     if stage is None:  # resumed a run whose every stage had finished: rebuild the last one for the test
         name, scfg = stages[-1]
-        stage = build_stage(scfg, name, len(stages) - 1, len(stages), run_dir, main, loggers, prev_best)
+        stage = build_stage(scfg, name, len(stages) - 1, len(stages), run_dir, main, loggers, prev_best,
+                            resuming=True)  # (its config.yaml stays the one it trained with)
     tcfg = stage.tcfg
     if tcfg.test_after_fit and stage.data.has_split("test") and (final_best.is_file() or tcfg.fast_dev_run):
         if final_best.is_file() and not tcfg.fast_dev_run:
@@ -305,8 +311,9 @@ def train(cfg: DictConfig, run_dir: Path, main: bool, device: torch.device) -> d
     return result
 
 
-# where the first weights come from: last.pt replaces them on a resume (pretrained=false on a machine without internet)
-INIT_ONLY_MODEL_KEYS = ("pretrained", "weights_path")
+# where the first weights come from, which last.pt replaces on a resume. (Not `pretrained`: torchvision builds another
+# architecture for some weights, e.g. inception_v3's transform_input, a ViT's image_size.)
+INIT_ONLY_MODEL_KEYS = ("weights_path",)
 
 
 def _check_resumable(saved: DictConfig, stages: list[tuple[str, DictConfig]], index: int, done: bool) -> None:
