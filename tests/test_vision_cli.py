@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import ROOT, cli, latest_run
 from vision_fixtures import idx_bytes, write_fashion, write_image_folder
@@ -217,6 +218,22 @@ def test_dog_finetune_three_stages_from_weights_path(workdir, dog_setup):
         f"ckpt={ckpts / 'best.pt'}", f"input={root / 'test' / 'husky'}", f"output={out}")  # class names: checkpoint
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and all(line.split("\t")[1] in ("beagle", "husky", "poodle") for line in lines)
+
+    # A checkpoint trained from ImageNet weights (pretrained=true), read offline: torchvision would fetch the weights
+    # to build the model before the checkpoint's own replace them. The error says what to do; the hint works.
+    state = torch.load(ckpts / "best.pt", weights_only=False)
+    saved = OmegaConf.create(state["config"])
+    saved.model.pretrained, saved.model.weights_path = True, None
+    state["config"] = OmegaConf.to_yaml(saved)
+    torch.save(state, workdir / "imagenet_init.pt")
+    offline = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "TORCH_HOME": str(workdir / "empty_torch_home")}
+    args = ["task=dog_finetune", "mode=predict", f"ckpt={workdir / 'imagenet_init.pt'}",
+            f"input={root / 'test' / 'husky'}", "output=-"]
+    proc = cli(workdir, *args, env=offline, check=False)
+    assert proc.returncode == 2 and "cannot fetch ImageNet weights for resnet18" in _error_line(proc), proc.stderr
+    assert "for mode=predict, model.pretrained=false also works" in _error_line(proc)
+    assert cli(workdir, *args, "model.pretrained=false", env=offline).stdout.count("\t") == 4
 
 
 @pytest.mark.parametrize("damage, words", [

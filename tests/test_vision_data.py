@@ -284,6 +284,24 @@ def test_weights_path_loads_and_mismatch_is_one_line(tmp_path):
         BackboneGLUClassifier("resnet18", num_classes=3, pretrained="NO_SUCH_WEIGHTS")
 
 
+def test_weights_that_cannot_be_fetched_say_where_torchvision_looks_for_them(monkeypatch, tmp_path):
+    import urllib.error
+
+    from models.backbone_glu import BackboneGLUClassifier
+    from trainer.errors import WeightsUnavailable
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable) as e:
+        BackboneGLUClassifier("resnet18", num_classes=3, pretrained=True)
+    message = str(e.value)
+    assert "\n" not in message and "cannot fetch ImageNet weights for resnet18 (URLError" in message
+    assert "copy https://download.pytorch.org/models/resnet18-" in message and f"{tmp_path}/hub/checkpoints/" in message
+
+
 def test_inception_loads_torchvision_weights_with_their_auxiliary_branch_then_drops_it(tmp_path):
     import torchvision
 

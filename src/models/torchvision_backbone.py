@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainer.errors import UserError
+from trainer.errors import UserError, WeightsUnavailable
 
 log = logging.getLogger("trainer")
 
@@ -44,8 +44,12 @@ def build_torchvision(arch: str, pretrained: bool | str = False, weights_path: s
             raise UserError(f"model.pretrained={pretrained}: no such weights for {arch} ({e}); available: "
                             f"true, {', '.join(available)}") from None
         except Exception as e:  # no network, proxy, corrupt download
-            raise UserError(f"cannot fetch ImageNet weights for {arch}: {type(e).__name__}: {str(e)[:200]}; on a "
-                            f"machine without internet save them elsewhere and pass model.weights_path=FILE") from None
+            enum = torchvision.models.get_model_weights(arch)
+            url = (enum.DEFAULT if weights == "DEFAULT" else enum[weights]).url
+            raise WeightsUnavailable(
+                f"cannot fetch ImageNet weights for {arch} ({type(e).__name__}: {str(e)[:120]}); without internet, copy "
+                f"{url} into {Path(torch.hub.get_dir()) / 'checkpoints'}/ (where torchvision looks first), or pass "
+                f"model.pretrained=false model.weights_path=FILE") from None
     model = torchvision.models.get_model(arch, weights=None, **kwargs)
     if weights_path:
         load_state_dict_file(model, weights_path, arch)

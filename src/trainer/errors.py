@@ -12,6 +12,10 @@ class NonFiniteLossError(UserError):
     """The training loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class WeightsUnavailable(UserError):
+    """Pretrained weights that could not be fetched (no internet, a proxy, a corrupt download)."""
+
+
 def one_line(text: str) -> str:
     """Collapse a multi-line message (Hydra's, OmegaConf's) into one readable line."""
     parts = [p.strip() for p in str(text).splitlines() if p.strip()]

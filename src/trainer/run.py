@@ -25,7 +25,7 @@ from . import distributed as dist
 from .callbacks import GracefulInterrupt
 from .cli import CONF_DIR
 from .config import trainer_config
-from .errors import UserError, one_line
+from .errors import UserError, WeightsUnavailable, one_line
 from .loggers import CSVLogger, plot_curves
 from .loop import Counters, Stage, TaskNet, apply_freeze, autocast_context, evaluate, fit, select_device, to_device
 from .progress import summary_table
@@ -455,7 +455,12 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device, run_dir: Path):
         with open_dict(used):
             used.model, used.dataset = saved.model, data_cfg
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(used, resolve=True))
-    net = TaskNet(build(saved.model, "model"), build(cfg.head, "head"))
+    try:
+        model = build(saved.model, "model")
+    except WeightsUnavailable as e:  # fetched only to be replaced by the checkpoint's own weights
+        raise WeightsUnavailable(f"{e}; for mode={cfg.mode}, model.pretrained=false also works where the weights do "
+                                 "not change the architecture (they do for inception_v3, googlenet, SWAG ViTs)") from None
+    net = TaskNet(model, build(cfg.head, "head"))
     changed = f" as changed by {' '.join(applied)}" if applied else ""
     _load_into(net, state["net"], f"checkpoint {cfg.ckpt} does not fit the model{changed} or this task's head")
     return data, net.to(device)
