@@ -36,6 +36,8 @@ CANDIDATES = {
     "r9-16": lambda: SmallResNet(stem=16, widths=(32, 64, 128), res_blocks=(1, 0, 1)),
     "r9-24": lambda: SmallResNet(stem=24, widths=(48, 96, 192), res_blocks=(1, 0, 1)),
     "r9-32": lambda: SmallResNet(stem=32, widths=(64, 128, 256), res_blocks=(1, 0, 1)),
+    "r9-36": lambda: SmallResNet(stem=36, widths=(72, 144, 288), res_blocks=(1, 0, 1)),
+    "r9-48": lambda: SmallResNet(stem=48, widths=(96, 192, 384), res_blocks=(1, 0, 1)),
     "r9-24-r11": lambda: SmallResNet(stem=24, widths=(48, 96, 192), res_blocks=(1, 1, 1)),
     # the whitening filters stay at zero here (no init_from_data): the same cost as set ones, for a throughput count
     "r9-24-airbench": lambda: SmallResNet(stem=24, widths=(48, 96, 192), res_blocks=(1, 0, 1), whiten=3,
