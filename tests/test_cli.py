@@ -244,12 +244,14 @@ def test_ctrl_c_outside_a_job_is_one_line_and_a_sweep_keeps_its_summary(monkeypa
     sweep = tmp_path / "sweep"
     (sweep / "0").mkdir(parents=True)
     (sweep / "0" / "results.json").write_text(json.dumps({"status": "ok", "monitor": "val/acc", "best": 0.5}))
+    (sweep / "1" / ".hydra").mkdir(parents=True)  # Hydra had made job 1's folder when the interrupt came
     monkeypatch.setattr(cli_module, "_sweep_dir", sweep)
     with pytest.raises(SystemExit) as e:
         cli_module.main([])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 130 and err.startswith("error: sweep interrupted: the jobs after the last one above")
-    assert (sweep / "summary.csv").read_text().splitlines()[1].startswith("0,,ok,0.5")
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert rows[1].startswith("0,,ok,0.5") and rows[2].startswith("1,,not run,"), rows
 
 
 # ---- bad input: one clear line, exit code 2 ----------------------------------------------------------------------

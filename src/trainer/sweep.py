@@ -17,8 +17,12 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
         results_file = job_dir / "results.json"
-        result = json.loads(results_file.read_text()) if results_file.is_file() else {"status": "failed",
-                                                                                       "error": "no results.json"}
+        if results_file.is_file():
+            result = json.loads(results_file.read_text())
+        elif (job_dir / "command.txt").is_file():  # the job started (it writes command.txt first) and was killed
+            result = {"status": "failed", "error": "no results.json"}
+        else:  # Hydra made its folder, then the sweep was interrupted
+            result = {"status": "not run"}
         row: dict[str, Any] = {"job": int(job_dir.name), "overrides": overrides,
                                "status": result.get("status", "?")}
         if result.get("monitor"):
