@@ -96,12 +96,13 @@ def test_eval_takes_the_task_and_data_settings_from_the_checkpoint(trained, work
     """No task= and none of the run's dataset overrides (64x24 images, 64 test captchas): the checkpoint supplies
     them, so the run's test score comes back; before, this evaluated 160x60 captchas and crashed in the model."""
     run, _ = trained
-    proc = cli(workdir, "mode=eval", f"ckpt={run}", "trainer.progress=false")
+    proc = cli(workdir, "mode=eval", f"ckpt={os.path.relpath(run, ROOT)}", "trainer.progress=false")
     assert "dataset settings as the checkpoint was trained: width=64 height=24" in proc.stderr
     evaluated = latest_run(workdir, "captcha/eval")  # apart from the training runs, with the config that ran
     used = OmegaConf.load(evaluated / "config.yaml")
     assert used.model.blocks == 2 and used.dataset.width == 64 and used.mode == "eval", OmegaConf.to_yaml(used)
     out = json.loads((evaluated / "results.json").read_text())
+    assert out["ckpt"] == used.ckpt == str(run)  # given relative to the working folder (ROOT), recorded absolute
     trained_test = json.loads((run / "results.json").read_text())["test"]
     assert out["test"]["test/loss"] == pytest.approx(trained_test["test/loss"])
     cache = tmp_path / "fresh-cache"  # the test split is rendered, not the 256 training captchas (seed 1000)

@@ -434,6 +434,7 @@ def _checkpoint_net(cfg: DictConfig, device: torch.device, run_dir: Path):
     if not cfg.get("ckpt"):
         raise UserError(f"mode={cfg.mode} needs ckpt=PATH (a .pt file or a run directory)")
     state = ckpt.load(cfg.ckpt)
+    cfg.ckpt = str(Path(cfg.ckpt).resolve())  # the records (config.yaml, results.json) live in another folder
     if not isinstance(state, dict) or "net" not in state or "config" not in state:
         raise UserError(f"ckpt={cfg.ckpt} is not a checkpoint written by this trainer (a bare state_dict?); give a "
                         "run directory, or its checkpoints/best.pt or last.pt")
@@ -518,5 +519,6 @@ def predict(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, A
         with open(output, "w", encoding="utf-8") as f:
             data.write_predictions(dataset, predictions, f)
         log.info(f"wrote {len(predictions)} predictions to {output}")
-    return {"task": cfg.get("task_name"), "status": "ok", "mode": "predict", "output": output,
+    return {"task": cfg.get("task_name"), "status": "ok", "mode": "predict",
+            "output": output if output == "-" else str(Path(output).resolve()),
             "count": len(predictions)}
