@@ -276,9 +276,17 @@ def job(cfg) -> dict:
             if isinstance(e, KeyboardInterrupt):
                 raise  # the rest of the sweep is not run; main() writes the summary of the jobs so far
             return {"status": "failed", "error": message}
-        with contextlib.suppress(Exception):  # a broken group must not turn the one-line error into a traceback
-            dist.shutdown(wait=False)
+        _shutdown_quietly()
         sys.exit(code)
+
+
+def _shutdown_quietly() -> None:
+    """Leave the process group on the way out of a failure: a broken group must not turn the one-line error into a
+    traceback."""
+    from . import distributed as dist
+
+    with contextlib.suppress(Exception):
+        dist.shutdown(wait=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -292,8 +300,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if dist.is_main():
             write_summary(_sweep_dir)
-        with contextlib.suppress(Exception):
-            dist.shutdown(wait=False)
+        _shutdown_quietly()
         fail(f"sweep interrupted: the jobs after the last one above did not run (their overrides are in "
              f"{_sweep_dir / 'multirun.yaml'})", code=130)
 
@@ -366,11 +373,13 @@ def _run_where_it_started(run_dir: Path) -> None:
     default `data`) mean what they meant then; a resume from another folder read other data or none."""
     from omegaconf import OmegaConf
 
+    from . import distributed as dist
+
     with contextlib.suppress(Exception):  # an unreadable record: stay here
         started = Path(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd)
         if started.is_dir() and started.resolve() != Path.cwd().resolve():
             os.chdir(started)
-            if os.environ.get("RANK", "0") == "0":  # (under torchrun, once)
+            if dist.is_main():  # (under torchrun, once)
                 print(f"resume: working in {started}, where the run was started (its relative paths are from there)",
                       file=sys.stderr)
 
