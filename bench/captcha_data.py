@@ -18,8 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from datasets.captcha import CaptchaData
-from models.captcha_crnn import CaptchaCRNN
+from trainer.datasets.captcha import CaptchaData
+from trainer.models.captcha_crnn import CaptchaCRNN
 
 
 def rate(fn, batches: int, batch_size: int, repeats: int = 3) -> float:

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from models.small_resnet import SmallResNet  # noqa: E402
+from trainer.models.small_resnet import SmallResNet  # noqa: E402
 
 
 def mobilenet(arch: str, size: int = 56):
-    from models.torchvision_net import TorchvisionClassifier
+    from trainer.models.torchvision_net import TorchvisionClassifier
 
     return TorchvisionClassifier(arch=arch, num_classes=10, in_channels=1, input_size=size, dropout=0.5)
 

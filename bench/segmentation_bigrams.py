@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from datasets.segmentation import UNK, ClauseTable, PeopleDaily  # noqa: E402
+from trainer.datasets.segmentation import UNK, ClauseTable, PeopleDaily  # noqa: E402
 
 HASH, BUCKETS = 1_000_003, 262_144  # the earlier SegResFCN's bigram hash
 

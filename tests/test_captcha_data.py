@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.captcha import ALPHABET, CaptchaData, CaptchaFolder, cached_split, render
+from trainer.datasets.captcha import ALPHABET, CaptchaData, CaptchaFolder, cached_split, render
 from trainer.errors import UserError
 
 

@@ -127,7 +127,7 @@ def test_eval_of_a_checkpoint_under_a_bracketed_path(trained, workdir, tmp_path)
 
 
 def test_predict_mode_writes_one_label_per_image(trained, workdir, tmp_path):
-    from datasets.captcha import render
+    from trainer.datasets.captcha import render
     from PIL import Image
 
     run, _ = trained
@@ -147,7 +147,7 @@ def test_predict_mode_writes_one_label_per_image(trained, workdir, tmp_path):
 
 
 def test_predict_to_stdout_keeps_logs_on_stderr(trained, workdir, tmp_path):
-    from datasets.captcha import render
+    from trainer.datasets.captcha import render
     from PIL import Image
 
     run, _ = trained
@@ -223,7 +223,7 @@ def test_hydra_flags_keep_their_values_wherever_they_stand(workdir):
     assert split_flags(["task=captcha", "--cfg", "job", "-m", "seed=1", "--info", "defaults", "x=1"]) == (
         ["--cfg", "job", "-m", "--info", "defaults"], ["task=captcha", "seed=1", "x=1"])
     out = cli(workdir, "task=segmentation", "--cfg", "job", "optim.lr=0.5").stdout
-    assert "_target_: models.seg_resfcn.SegResFCN" in out and "lr: 0.5" in out
+    assert "_target_: trainer.models.seg_resfcn.SegResFCN" in out and "lr: 0.5" in out
     assert "Installed Hydra Plugins" in cli(workdir, "task=segmentation", "--info").stdout  # a bare --info, last
 
 

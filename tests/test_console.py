@@ -1,4 +1,5 @@
-"""The console: the progress bar redraws a few times a second at most; package-name clashes are caught."""
+"""The console: the progress bar redraws a few times a second at most; other packages named datasets or models do
+not get in the way."""
 from __future__ import annotations
 
 import io
@@ -11,7 +12,7 @@ from rich.console import Console
 
 import trainer.progress as progress
 from trainer.sweep import write_summary
-from conftest import ROOT
+from conftest import TINY_CAPTCHA
 
 
 def test_progress_bar_redraws_at_most_every_refresh_interval(monkeypatch):
@@ -42,14 +43,20 @@ def test_progress_bar_redraws_at_most_every_refresh_interval(monkeypatch):
     assert "samples/s" in progress.console.file.getvalue()
 
 
-def test_a_foreign_datasets_package_is_reported(tmp_path):
-    fake = tmp_path / "datasets"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("# stands in for Hugging Face's datasets\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "trainer"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert "'import datasets' resolves to" in proc.stderr and "own virtual environment" in proc.stderr
+def test_runs_beside_a_foreign_datasets_package_and_a_local_models_py(tmp_path):
+    """Hugging Face's `datasets` on the path and a `models.py` in the working folder (both common) change nothing:
+    the project's packages are trainer.datasets and trainer.models."""
+    fake = tmp_path / "site" / "datasets"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('this stands in for Hugging Face datasets')\n")
+    (tmp_path / "models.py").write_text("raise SystemExit('the local models.py was imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OMP_NUM_THREADS": "1"}
+    env.pop("TRAINER_RUN_STAMP", None)
+    args = ["task=captcha", "debug=fast_dev_run", *TINY_CAPTCHA, f"paths.output_dir={tmp_path / 'out'}",
+            f"paths.data_dir={tmp_path / 'data'}"]
+    proc = subprocess.run([sys.executable, "-m", "trainer", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_sweep_summary_shows_bracketed_overrides_as_typed(tmp_path, monkeypatch):

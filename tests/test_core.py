@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from datasets.base import (ArrayDataset, EpochBatchSampler, RandomBatches, SequentialBatches, per_sample_uniform,
+from trainer.datasets.base import (ArrayDataset, EpochBatchSampler, RandomBatches, SequentialBatches, per_sample_uniform,
                            resolve_limit)
 from trainer import checkpoint as ckpt
 from trainer.callbacks import MonitorTracker, NonFiniteGuard
@@ -292,7 +292,7 @@ def test_seek_refuses_a_recursive_schedule():
 
 def test_a_limit_of_1_is_one_batch_and_1_0_the_whole_split():
     """Lightning's convention; the trainer config must not turn the int 1 into the float 1.0 on the way."""
-    from datasets.base import resolve_limit
+    from trainer.datasets.base import resolve_limit
     from trainer.config import trainer_config
 
     one = trainer_config(OmegaConf.create({"limit_train_batches": 1, "limit_test_batches": 1.0}))

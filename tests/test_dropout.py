@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.dropout import NoiseShapeDropout
+from trainer.models.dropout import NoiseShapeDropout
 
 N = 400_000
 

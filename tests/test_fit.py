@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from datasets.base import ArrayDataset, DataModule
-from models.heads.multi_position import MultiPositionHead
+from trainer.datasets.base import ArrayDataset, DataModule
+from trainer.models.heads.multi_position import MultiPositionHead
 from trainer import loop
 from trainer.config import TrainerConfig
 from trainer.errors import UserError

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.base import BucketBatches
-from datasets.cws_formats import (B, E, M, S, decode_utf8, parse_people_daily, parse_segmented, read_lines,
+from trainer.datasets.base import BucketBatches
+from trainer.datasets.cws_formats import (B, E, M, S, decode_utf8, parse_people_daily, parse_segmented, read_lines,
                                   read_user_dictionary, split_clauses, tags_to_words, word_tags, write_segmented)
-from datasets.segmentation import (IGNORE, PAD, UNK, BigramVocabulary, ClauseTable, PeopleDaily, Sentence,
+from trainer.datasets.segmentation import (IGNORE, PAD, UNK, BigramVocabulary, ClauseTable, PeopleDaily, Sentence,
                                    SentenceDataset, Vocabulary)
-from models.heads.cws_dictionary import UserDictionary
-from models.heads.sbme_tagger import ALLOWED, TAGS, SbmeTagger
-from models.heads.sighan_score import COUNTS, lcs_alignment, line_counts, score_lines, scores
-from models.heads.viterbi import FORBIDDEN, crf_nll, tag_mask, transition_mask, viterbi
-from models.seg_fcn import SegFCN
-from models.seg_resfcn import SegResFCN
+from trainer.models.heads.cws_dictionary import UserDictionary
+from trainer.models.heads.sbme_tagger import ALLOWED, TAGS, SbmeTagger
+from trainer.models.heads.sighan_score import COUNTS, lcs_alignment, line_counts, score_lines, scores
+from trainer.models.heads.viterbi import FORBIDDEN, crf_nll, tag_mask, transition_mask, viterbi
+from trainer.models.seg_fcn import SegFCN
+from trainer.models.seg_resfcn import SegResFCN
 from trainer.errors import UserError
 
 
@@ -65,7 +65,7 @@ def test_icwb2_words_split_at_any_space_and_output_keeps_empty_lines():
 
 
 def test_icwb2_oov_is_counted_against_the_whole_training_file(tmp_path):
-    from datasets.segmentation import Icwb2
+    from trainer.datasets.segmentation import Icwb2
 
     (tmp_path / "train.utf8").write_text("共同  创造\n" * 19 + "美好  世纪\n", encoding="utf-8")
     data = Icwb2(train=str(tmp_path / "train.utf8"), val_fraction=0.05, min_count=1)

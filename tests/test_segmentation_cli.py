@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import cli, latest_run
-from models.heads.sighan_score import score_lines, scores
+from trainer.models.heads.sighan_score import score_lines, scores
 
 # Words of disjoint characters, so a tiny model can learn the segmentation. 甲 and 乙 are always one-character
 # words (a model splits 甲乙), 丙丁 is always one word (a model keeps it whole): the dictionary test turns both round.

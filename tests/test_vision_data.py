@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import image_augment as aug
-from datasets.base import ClassBalancedBatches, per_sample_uniform
-from datasets.fashion_mnist import FashionMNISTData, read_idx
-from datasets.image_folder import ImageFolderData, stratified_split
-from models.heads.center_loss import CenterLossClassificationHead
-from models.heads.classification import ClassificationHead
+from trainer.datasets import image_augment as aug
+from trainer.datasets.base import ClassBalancedBatches, per_sample_uniform
+from trainer.datasets.fashion_mnist import FashionMNISTData, read_idx
+from trainer.datasets.image_folder import ImageFolderData, stratified_split
+from trainer.models.heads.center_loss import CenterLossClassificationHead
+from trainer.models.heads.classification import ClassificationHead
 from trainer.errors import UserError
 from vision_fixtures import idx_bytes, write_fashion, write_image_folder, write_list_layout
 
@@ -264,7 +264,7 @@ def test_center_loss_head_tunes_alpha_on_validation_only():
 def test_weights_path_loads_and_mismatch_is_one_line(tmp_path):
     import torchvision
 
-    from models.backbone_glu import BackboneGLUClassifier
+    from trainer.models.backbone_glu import BackboneGLUClassifier
 
     reference = torchvision.models.get_model("mobilenet_v3_small", weights=None)
     torch.save(reference.state_dict(), tmp_path / "w.pt")
@@ -287,7 +287,7 @@ def test_weights_path_loads_and_mismatch_is_one_line(tmp_path):
 def test_weights_that_cannot_be_fetched_say_where_torchvision_looks_for_them(monkeypatch, tmp_path):
     import urllib.error
 
-    from models.backbone_glu import BackboneGLUClassifier
+    from trainer.models.backbone_glu import BackboneGLUClassifier
     from trainer.errors import WeightsUnavailable
 
     def offline(url, *args, **kwargs):
@@ -305,7 +305,7 @@ def test_weights_that_cannot_be_fetched_say_where_torchvision_looks_for_them(mon
 def test_inception_loads_torchvision_weights_with_their_auxiliary_branch_then_drops_it(tmp_path):
     import torchvision
 
-    from models.backbone_glu import BackboneGLUClassifier
+    from trainer.models.backbone_glu import BackboneGLUClassifier
 
     reference = torchvision.models.get_model("googlenet", weights=None, aux_logits=True, init_weights=False)
     torch.save(reference.state_dict(), tmp_path / "w.pt")  # as torchvision's ImageNet file: aux1/aux2 included
@@ -316,7 +316,7 @@ def test_inception_loads_torchvision_weights_with_their_auxiliary_branch_then_dr
 
 
 def test_faithful_mobilenet_upscales_and_repeats_grey():
-    from models.torchvision_net import TorchvisionClassifier
+    from trainer.models.torchvision_net import TorchvisionClassifier
 
     model = TorchvisionClassifier("mobilenet_v2", num_classes=10, input_size=56, dropout=0.5).eval()
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

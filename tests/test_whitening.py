@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import cli, latest_run
-from models.small_resnet import SmallResNet
-from models.whitening import PatchWhitening
+from trainer.models.small_resnet import SmallResNet
+from trainer.models.whitening import PatchWhitening
 from test_vision_cli import TINY_FASHION, fashion_dir  # noqa: F401  (a fixture)
 
 

@@ -1,7 +1,7 @@
 """Vectorised image augmentations of a whole batch, each sample's randomness drawn from (seed, epoch, index).
 
 Every function takes a float batch (B, C, H, W) and a matrix of per-sample uniforms `u` (B, k) from
-`datasets.base.per_sample_uniform`, so a sample is augmented the same way whatever batch, worker or rank it lands
+`trainer.datasets.base.per_sample_uniform`, so a sample is augmented the same way whatever batch, worker or rank it lands
 in, and a resumed run repeats the augmentations of an uninterrupted one. They are batch tensor operations (one
 gather, one mask), not a Python loop over samples: at Fashion-MNIST's size the per-sample PIL path of torchvision
 costs more than the training step of a small net.

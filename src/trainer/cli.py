@@ -11,6 +11,7 @@ Before Hydra takes over, this module does what Hydra's own entry point would do 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import itertools
 import os
 import shlex
@@ -19,7 +20,10 @@ import time
 import traceback
 from pathlib import Path
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+#: The config tree ships inside the package (conf/ is installed as trainer.conf); Hydra reads it by its package path,
+#: which works from a checkout, an editable install and a wheel alike.
+CONF_PACKAGE = "trainer.conf"
+CONF_DIR = str(importlib.resources.files(CONF_PACKAGE))
 PASS_THROUGH_FLAGS = ("--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--hydra-help", "--version",
                       "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                       "-cd", "--experimental-rerun")
@@ -52,16 +56,6 @@ def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 def fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
-
-
-def check_packages() -> None:
-    """Our top-level `datasets` must not be shadowed by another distribution (Hugging Face's, typically)."""
-    import datasets
-
-    if not getattr(datasets, "IS_TRAINER_DATASETS", False):
-        where = getattr(datasets, "__file__", "?")
-        fail(f"'import datasets' resolves to {where}, not this project's datasets package; install the project "
-             f"into its own virtual environment: python3 -m venv .venv && .venv/bin/pip install -e .")
 
 
 def _run_stamp(parent: str | None = None) -> str:
@@ -149,7 +143,7 @@ def _job_override_sets(overrides: list[str], multirun: bool, limit: int = 200) -
 
 def validate(overrides: list[str], multirun: bool) -> None:
     """Compose each job's config once; raise UserError with one line on the first that fails."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
@@ -162,7 +156,7 @@ def validate(overrides: list[str], multirun: bool) -> None:
     except OverrideParseException as e:
         raise UserError(f"cannot parse the overrides: {one_line(e)}") from None
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         for job in job_sets:
             try:
                 cfg = compose("config", overrides=job)
@@ -310,7 +304,6 @@ def _main(argv: list[str] | None) -> None:
     if "--help" in argv or "-h" in argv:
         print_help()
         return
-    check_packages()
     register_resolvers()
     from . import distributed as dist
     from .errors import UserError
@@ -335,7 +328,7 @@ def _main(argv: list[str] | None) -> None:
     import hydra
 
     sys.argv = [sys.argv[0], *overrides, *flags]  # flags last: a bare --info must not take an override as its value
-    hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")(job)()
+    hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")(job)()
     dist.shutdown()
     if _failures and multirun:
         fail(f"{len(_failures)} job(s) of the sweep failed (see the summary above)", code=1)

@@ -80,7 +80,7 @@ class Stage:
     cfg: DictConfig  # the stage's config
     config_yaml: str  # ... resolved, as saved with every checkpoint
     tcfg: TrainerConfig
-    data: Any  # datasets.base.DataModule
+    data: Any  # trainer.datasets.base.DataModule
     net: TaskNet
     optimizer_factory: Any  # partial(params) -> Optimizer
     scheduler_factory: Any | None  # partial(optimizer, total_steps) -> LRScheduler

@@ -14,7 +14,7 @@ from pathlib import Path
 import ahocorasick
 import numpy as np
 
-from datasets.cws_formats import B, E, M, S, read_user_dictionary
+from trainer.datasets.cws_formats import B, E, M, S, read_user_dictionary
 
 
 class UserDictionary:

@@ -1,7 +1,7 @@
 """Head for Chinese word segmentation as s/b/m/e character tagging (problem 3 of PROBLEMS.md).
 
 - Loss: per-character cross-entropy over the four tags, padding masked out. A model that also returns learned
-  transition scores (a dict with "emissions", "transitions", "start", "end", see `models.seg_resfcn`) is trained
+  transition scores (a dict with "emissions", "transitions", "start", "end", see `trainer.models.seg_resfcn`) is trained
   as a linear-chain CRF instead: its negative log-likelihood, per character.
 - Decoding: Viterbi over the allowed transitions only (ss, sb, bm, be, mm, me, es, eb; a clause starts with s or b
   and ends with s or e), on log-softmax scores (plus the learned transitions of a CRF). A user dictionary
@@ -11,7 +11,7 @@
   precision, recall, F1, OOV rate, OOV recall and IV recall (OOV = not in the training word list). The per-line
   counts are summed on the device, so one all-reduce gives exact totals under DDP.
 
-Evaluation and prediction batches hold whole lines (`datasets.segmentation.SentenceDataset`): the clauses of each
+Evaluation and prediction batches hold whole lines (`trainer.datasets.segmentation.SentenceDataset`): the clauses of each
 line, "clauses_per_sentence", the clause strings "texts" and, to score, "gold" words with their "gold_iv" flags.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.cws_formats import tags_to_words
+from trainer.datasets.cws_formats import tags_to_words
 
 from .base import Head
 from .cws_dictionary import UserDictionary

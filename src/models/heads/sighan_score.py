@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from datasets.cws_formats import split_words
+from trainer.datasets.cws_formats import split_words
 
 #: The counts kept per line and summed over a file (and over DDP ranks).
 COUNTS = ("truth", "test", "matched", "oov", "oov_matched", "iv", "iv_matched", "insertions", "deletions",
