@@ -1,0 +1,77 @@
+"""The floor for problem 1 (aspect sentiment): a dictionary of the training split's Views, matched longest-first
+(leftmost-longest, non-overlapping, Aho-Corasick), every match called neutral; scored with the task's own metric
+on the task's own splits (the same DataModule, so the same sentences).
+
+    python bench/absa_dictionary_baseline.py [--data-dir ../shared/data] [--round final|first]
+        [--test-views random|unseen] [--split test|val] [--polarity neu|majority]
+
+`--polarity majority` gives each match the polarity its View most often has in training instead (a stronger
+floor). Prints one table row per setting and the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trainer.datasets.absa import BdciAbsa, EntityMatcher, gold_pairs
+from trainer.models.heads.absa_score import COUNTS, scores, sentence_counts
+from trainer.models.heads.entity_polarity import pairs_of
+
+
+def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str) -> dict[str, float]:
+    data = BdciAbsa(root=str(Path(data_dir) / "absa-bdci2016"), round=round_,
+                    unknown_ids="skip" if round_ == "first" else "error", test_views=test_views)
+    parts = data._parts()
+    train = parts["train"]
+    views = sorted({a.term for s in train for a in s.aspects})
+    usual = {}
+    for view, counter in _polarity_counts(train).items():
+        usual[view] = counter.most_common(1)[0][0]
+    matcher = EntityMatcher(views)
+    train_views = frozenset(views)
+    counts = np.zeros(len(COUNTS), dtype=np.int64)
+    for s in parts[split]:
+        tags = [1 + ("pos", "neu", "neg").index(usual[s.text[a:b]] if polarity == "majority" else "neu")
+                for a, b in matcher(s.text)]
+        pred = pairs_of(s.text, [(a, b, t) for (a, b), t in zip(matcher(s.text), tags)])
+        gold = gold_pairs(s)
+        counts += sentence_counts(gold, pred, [v not in train_views for v, _ in gold])
+    out = scores(counts.tolist())
+    out["sentences"] = len(parts[split])
+    return out
+
+
+def _polarity_counts(sentences) -> dict[str, collections.Counter]:
+    out: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for s in sentences:
+        for a in s.aspects:
+            out[a.term][a.polarity] += 1
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    ap.add_argument("--round", nargs="+", default=["final", "first"])
+    ap.add_argument("--test-views", nargs="+", default=["random", "unseen"])
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--polarity", nargs="+", default=["neu", "majority"])
+    args = ap.parse_args()
+    print("| round | test Views | polarity | sentences | triple F1 | entity F1 | polarity acc | unseen recall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for round_ in args.round:
+        for test_views in args.test_views:
+            for polarity in args.polarity:
+                t0 = time.perf_counter()
+                m = run(args.data_dir, round_, test_views, args.split, polarity)
+                unseen = f"{m['unseen_recall']:.4f}" if "unseen_recall" in m else "-"
+                print(f"| {round_} | {test_views} | {polarity} | {m['sentences']} | {m['f1']:.4f} | "
+                      f"{m['entity_f1']:.4f} | {m['polarity_acc']:.4f} | {unseen} | ({time.perf_counter() - t0:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The character tagger of problem 1 (aspect sentiment): embedding -> stacked bidirectional GRUs -> tag scores.
+
+Faithful to PROBLEMS.md with the defaults: a 64-d character embedding (taken over from the character LM and frozen
+by the task's stage options), BiGRU(64) with its two directions summed, BiGRU(32) summed, and a per-character
+linear layer to 5 outputs (the 4 tags and the original's padding class, which the head never decodes). Options for
+our variant: other widths, `merge: concat`, dropout, and `crf: true`, which adds learned transition, start and end
+scores (the head then trains a linear-chain CRF and decodes with them).
+
+Sequences are right-padded with id 0 and packed, so that the backward direction starts at each window's last real
+character, not in the padding.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from trainer.errors import UserError
+
+
+class BiGRUTagger(nn.Module):
+    def __init__(self, vocab_size: int, num_outputs: int = 5, embedding_dim: int = 64,
+                 hidden: Sequence[int] = (64, 32), merge: str = "sum", dropout: float = 0.0,
+                 embedding_dropout: float = 0.0, crf: bool = False, num_tags: int = 4):
+        super().__init__()
+        if merge not in ("sum", "concat"):
+            raise UserError(f"model.merge={merge}: must be sum (directions added) or concat")
+        if num_outputs < num_tags:
+            raise UserError(f"model.num_outputs={num_outputs}: needs at least the {num_tags} tags")
+        self.merge = merge
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.embedding_dropout = nn.Dropout(embedding_dropout)
+        layers, width = [], embedding_dim
+        for h in hidden:
+            layers.append(nn.GRU(width, h, batch_first=True, bidirectional=True))
+            width = h if merge == "sum" else 2 * h
+        self.grus = nn.ModuleList(layers)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(width, num_outputs)
+        if crf:
+            self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
+            self.start = nn.Parameter(torch.zeros(num_tags))
+            self.end = nn.Parameter(torch.zeros(num_tags))
+        self.crf, self.num_tags = crf, num_tags
+
+    def forward(self, x: torch.Tensor) -> Any:
+        lengths = (x != 0).sum(1).clamp(min=1).cpu()
+        h = self.embedding_dropout(self.embedding(x))
+        for gru in self.grus:
+            packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = gru(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+            if self.merge == "sum":
+                half = out.shape[-1] // 2
+                out = out[..., :half] + out[..., half:]
+            h = self.dropout(out)
+        scores = self.out(h)
+        if self.crf:
+            return {"emissions": scores, "transitions": self.transitions, "start": self.start, "end": self.end}
+        return scores
