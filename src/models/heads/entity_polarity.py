@@ -105,8 +105,9 @@ class EntityPolarityTagger(Head):
                     bonus[s, b, 0] += self.boundary_bonus
         return torch.from_numpy(bonus).to(device)
 
-    def decode_spans(self, outputs: Any, batch: dict[str, Any]) -> tuple[list[list[Span]], torch.Tensor]:
-        """The entity spans of each sentence of the batch, and the (S, L, 4) tag probabilities."""
+    def tag_paths(self, outputs: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(S, L) tags of the first pass and of the entity-list pass (the first again without one), and the
+        (S, L, 4) tag probabilities."""
         scores_, trans, probs = self.sentence_scores(outputs, batch)
         lengths = batch["sentence_lengths"]
         if isinstance(outputs, dict):
@@ -114,10 +115,17 @@ class EntityPolarityTagger(Head):
         else:
             start = end = self.free
         first = viterbi(scores_, lengths, trans, start, end)
+        if not (self.entity_pass and any(batch.get("matches") or [])):
+            return first, first, probs
+        bonus = self._bonus(batch, scores_.shape, scores_.device)
+        return first, viterbi(scores_ + bonus, lengths, trans, start, end), probs
+
+    def decode_spans(self, outputs: Any, batch: dict[str, Any]) -> tuple[list[list[Span]], torch.Tensor]:
+        """The entity spans of each sentence of the batch, and the (S, L, 4) tag probabilities."""
+        first, second, probs = self.tag_paths(outputs, batch)
+        lengths = batch["sentence_lengths"]
         matches = batch.get("matches") or [[] for _ in range(len(lengths))]
-        use_list = self.entity_pass and any(matches)
-        second = viterbi(scores_ + self._bonus(batch, scores_.shape, scores_.device), lengths, trans, start, end) \
-            if use_list else first
+        use_list = self.entity_pass
         first_np, second_np = first.cpu().numpy(), second.cpu().numpy()
         probs_np = probs.detach().cpu().numpy()
         out = []

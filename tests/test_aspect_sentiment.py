@@ -1,0 +1,317 @@
+"""Aspect sentiment (problem 1): the contest and JSON-lines readers, tags and windows, decoding on hand-made scores,
+the contest's metric on hand-counted cases, the DataModule state, bad input, and the staged pipeline through the CLI
+on toy corpora the tests write (CRLF + TAB contest files, JSON lines)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli, latest_run
+from trainer.datasets.absa import BdciAbsa, JsonlAbsa, SentenceDataset, window_starts
+from trainer.datasets.absa_formats import read_contest, read_jsonl, read_new_sentences
+from trainer.errors import UserError
+from trainer.models.heads.absa_score import scores, sentence_counts
+from trainer.models.heads.entity_polarity import EntityPolarityTagger, pairs_of
+
+# ---- a toy corpus: entity names, and opinion phrases that decide the polarity of the entity before them --------
+ENTITIES = ["宝马", "奥迪", "大众速腾", "长安", "吉利帝豪", "丰田", "本田雅阁", "福克斯"]
+OPINIONS = {"pos": ["很好", "不错", "真棒"], "neu": ["今天到店", "发布了", "上市了"], "neg": ["太差", "很烂", "真糟"]}
+FILLER = ["我觉得", "听说", "其实", "朋友说"]
+
+
+def toy_sentence(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+    text, labels = rng.choice(FILLER), []
+    for _ in range(rng.randint(1, 2)):
+        entity, polarity = rng.choice(ENTITIES), rng.choice(["pos", "neu", "neg"])
+        if any(entity == e for e, _ in labels):
+            continue
+        text += entity + rng.choice(OPINIONS[polarity]) + "，"
+        labels.append((entity, polarity))
+    return text + "。", labels
+
+
+def write_contest(folder, n: int, seed: int, texts: str = "Train.csv", labels: str = "Label.csv"):
+    rng = random.Random(seed)
+    rows, label_rows = [], []
+    for i in range(n):
+        text, pairs = toy_sentence(rng)
+        rows.append(f"S{i}\t{text}")
+        label_rows += [f"S{i}\t{view}\t{polarity}" for view, polarity in pairs]
+    (folder / texts).write_bytes(("SentenceId\tContent\r\n" + "".join(r + "\r\n" for r in rows)).encode())
+    (folder / labels).write_bytes(("SentenceId\tView\tOpinion\r\n" + "".join(r + "\r\n" for r in label_rows)).encode())
+
+
+def write_jsonl(path, n: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            text, pairs = toy_sentence(rng)
+            aspects = [{"term": v, "start": text.index(v), "end": text.index(v) + len(v), "polarity": {
+                "pos": "positive", "neu": "neutral", "neg": "negative"}[p]} for v, p in pairs]
+            f.write(json.dumps({"id": f"J{i}", "text": text, "aspects": aspects}, ensure_ascii=False) + "\n")
+
+
+# ---- reading ---------------------------------------------------------------------------------------------------
+def test_contest_files_with_crlf_and_tabs_are_read_with_every_view(tmp_path):
+    (tmp_path / "T.csv").write_bytes("SentenceId\tContent\r\nS1\t宝马和\"奥迪\"，宝马好\r\nS2\t没有车\r\n".encode())
+    (tmp_path / "L.csv").write_bytes("SentenceId\tView\tOpinion\r\nS1\t宝马\tpos\r\nS1\t奥迪\tneu\r\n".encode())
+    sentences, notes = read_contest(tmp_path / "T.csv", tmp_path / "L.csv")
+    assert [s.text for s in sentences] == ["宝马和\"奥迪\"，宝马好", "没有车"] and not notes  # quotes are text
+    assert [(a.term, a.polarity) for a in sentences[0].aspects] == [("宝马", "pos"), ("奥迪", "neu")]
+    assert sentences[1].aspects == []  # no Label row: no View
+
+
+@pytest.mark.parametrize("label_row, message", [
+    ("S9\t宝马\tpos", "L.csv line 3: SentenceId S9 is not in"),
+    ("S1\t宝马\tgood", "L.csv line 3: polarity 'good' is not one of pos, neu, neg"),
+    ("S1\t宝马", "L.csv line 3: 2 TAB-separated field(s), expected 3"),
+])
+def test_bad_label_rows_name_the_file_and_line(tmp_path, label_row, message):
+    (tmp_path / "T.csv").write_bytes("SentenceId\tContent\r\nS1\t宝马好\r\n".encode())
+    (tmp_path / "L.csv").write_bytes(f"SentenceId\tView\tOpinion\r\nS1\t宝马\tneu\r\n{label_row}\r\n".encode())
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_contest(tmp_path / "T.csv", tmp_path / "L.csv")
+
+
+def test_unknown_ids_can_be_skipped_and_are_reported(tmp_path):
+    (tmp_path / "T.csv").write_bytes("SentenceId\tContent\r\nS1\t宝马好\r\n".encode())
+    (tmp_path / "L.csv").write_bytes("SentenceId\tView\tOpinion\r\nS1\t宝马\tpos\r\nS7\t奥迪\tneg\r\n".encode())
+    sentences, notes = read_contest(tmp_path / "T.csv", tmp_path / "L.csv", unknown_ids="skip")
+    assert len(sentences) == 1 and len(notes) == 1 and "line 3 (S7)" in notes[0]
+
+
+def test_a_gbk_file_is_one_line_naming_the_line(tmp_path):
+    (tmp_path / "T.csv").write_bytes("SentenceId\tContent\r\nS1\t好\r\n".encode() + "S2\t宝马很好\r\n".encode("gbk"))
+    (tmp_path / "L.csv").write_bytes("SentenceId\tView\tOpinion\r\n".encode())
+    with pytest.raises(UserError, match=r"T.csv line 3: not UTF-8 .*GBK.*iconv"):
+        read_contest(tmp_path / "T.csv", tmp_path / "L.csv")
+
+
+def test_json_lines_read_spans_and_reject_a_term_that_is_not_at_its_span(tmp_path):
+    good = tmp_path / "a.jsonl"
+    good.write_text(json.dumps({"text": "the food was great", "aspects": [
+        {"term": "food", "start": 4, "end": 8, "polarity": "positive"}]}) + "\n\n"
+        + json.dumps({"text": "ok", "aspects": []}) + "\n", encoding="utf-8")
+    sentences = read_jsonl(good)
+    assert sentences[0].id == "1" and sentences[1].id == "3"  # the line number, empty lines skipped
+    assert (sentences[0].aspects[0].start, sentences[0].aspects[0].polarity) == (4, "pos")
+    bad = tmp_path / "b.jsonl"
+    bad.write_text(json.dumps({"text": "the food", "aspects": [{"term": "food", "start": 0, "end": 4,
+                                                                 "polarity": "neg"}]}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"b.jsonl line 1: text\[0:4\] is 'the ', not the term 'food'"):
+        read_jsonl(bad)
+
+
+def test_new_sentences_one_a_line_or_in_the_train_csv_format(tmp_path):
+    (tmp_path / "a.txt").write_text("宝马好\n\n奥迪差\n", encoding="utf-8")
+    assert [(s.id, s.text) for s in read_new_sentences(tmp_path / "a.txt")] == [("1", "宝马好"), ("3", "奥迪差")]
+    (tmp_path / "b.csv").write_bytes("SentenceId\tContent\r\nX1\t宝马好\r\n".encode())
+    assert [(s.id, s.text) for s in read_new_sentences(tmp_path / "b.csv")] == [("X1", "宝马好")]
+
+
+# ---- tags, windows, splits, state -------------------------------------------------------------------------------
+def contest_data(folder, n=60, **kwargs) -> BdciAbsa:
+    write_contest(folder, n, seed=0)
+    return BdciAbsa(root=str(folder), min_count=1, **kwargs)
+
+
+def test_tags_cover_every_occurrence_and_a_missing_view_is_counted(tmp_path, caplog):
+    (tmp_path / "Train.csv").write_bytes("SentenceId\tContent\r\nS1\t长安逸动和长安，\r\nS2\t好车\r\n".encode())
+    (tmp_path / "Label.csv").write_bytes(
+        "SentenceId\tView\tOpinion\r\nS1\t长安\tneg\r\nS1\t长安逸动\tpos\r\nS2\t宝马\tneu\r\n".encode())
+    data = BdciAbsa(root=str(tmp_path), min_count=1, val_fraction=0.0, test_fraction=0.0)
+    data.setup()
+    train = data.splits["train"]
+    tags = {s.id: t.tolist() for s, t in zip(train.enc.sentences, train.enc.tags)}
+    assert tags["S1"] == [1, 1, 1, 1, 0, 3, 3, 0]  # 长安 inside 长安逸动 keeps the longer View's tag
+    assert train.enc.missing == 1 and "1 of 3 labelled Views do not occur" in caplog.text
+
+
+def test_long_texts_are_covered_by_overlapping_windows_and_stitched_back(tmp_path):
+    assert window_starts(10, 4, 2) == [0, 2, 4, 6] and window_starts(9, 4, 3) == [0, 3, 5] and \
+        window_starts(3, 4, 2) == [0]
+    data = contest_data(tmp_path, window=8, stride=5)
+    data.setup()
+    test: SentenceDataset = data.splits["test"]
+    long = max(range(len(test)), key=lambda i: len(test.enc.sentences[i].text))
+    batch = test.__getitems__([long, 0])
+    assert len(test.enc.sentences[long].text) > 8 and batch["x"].shape[1] == 8  # never cut off, never wider
+    n = int(batch["sentence_lengths"][0])
+    stitched = batch["x"].reshape(-1)[batch["stitch"][0, :n]]
+    assert stitched.tolist() == test.enc.ids[long].tolist()  # every character read back from a window
+
+
+def test_splits_are_seeded_and_the_unseen_split_holds_only_unseen_views(tmp_path):
+    a, b = contest_data(tmp_path), BdciAbsa(root=str(tmp_path), min_count=1)
+    assert [s.id for s in a._parts()["test"]] == [s.id for s in b._parts()["test"]]
+    write_contest(tmp_path, 300, seed=1)
+    unseen = BdciAbsa(root=str(tmp_path), min_count=1, test_views="unseen", unseen_fraction=0.3)
+    parts = unseen._parts()
+    train_views = {a.term for s in parts["train"] + parts["val"] for a in s.aspects}
+    assert parts["test"] and all(a.term not in train_views for s in parts["test"] for a in s.aspects)
+
+
+def test_state_travels_through_torch_load_and_is_reused_before_setup(tmp_path):
+    data = contest_data(tmp_path, unlabelled="test", view="lm")
+    data.setup()
+    state = data.state_dict()
+    torch.save(state, tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    other = BdciAbsa(root=str(tmp_path), min_count=1000, view="tag", unlabelled="test")  # would keep no character
+    other.load_state_dict(state)
+    other.setup()
+    assert other.vocab.chars == data.vocab.chars and other.info["vocab_size"] == len(data.vocab)
+    # pseudo-labels: added to training, carried by the state, restored before setup
+    n_train = len(other.splits["train"])
+    text = other.splits["unlabelled"].enc.sentences[0].text
+    view = next(e for e in ENTITIES if e in text)
+    span = [text.index(view), text.index(view) + len(view), 1]
+    other.set_pseudo_labels("unlabelled", [0], [[span]])
+    assert len(other.splits["train"]) == n_train + 1
+    again = BdciAbsa(root=str(tmp_path), min_count=1, unlabelled="test")
+    again.load_state_dict(torch.load(_saved(other.state_dict(), tmp_path), weights_only=True))
+    again.setup()
+    enc = again.splits["train"].enc
+    assert enc.sentences[-1].id.startswith("pseudo:") and enc.tags[-1][span[0]:span[1]].tolist() == [1] * len(view)
+
+
+def _saved(state, folder):
+    torch.save(state, folder / "p.pt")
+    return folder / "p.pt"
+
+
+# ---- decoding on hand-made scores --------------------------------------------------------------------------------
+def logits(rows: list[list[float]]) -> torch.Tensor:
+    """(1, T, 4) scores from per-character probabilities of tags 0..3."""
+    return torch.tensor(rows).clamp(min=1e-6).log()[None]
+
+
+def batch_for(text: str, matches=()) -> dict:
+    n = len(text)
+    return {"stitch": torch.arange(n)[None], "sentence_lengths": torch.tensor([n]), "texts": [text],
+            "matches": [list(matches)]}
+
+
+def test_viterbi_keeps_to_the_allowed_transitions():
+    head = EntityPolarityTagger(entity_pass=False)
+    # character by character the best tags are 1, 2, 0; but 1 -> 2 needs a 0 between them: the best allowed path
+    # is 2, 2, 0 (0.25 * 0.6 against 1, 1, 0: 0.6 * 0.2)
+    scores_ = logits([[0.1, 0.6, 0.25, 0.05], [0.1, 0.2, 0.6, 0.1], [0.9, 0.03, 0.04, 0.03]])
+    first, second, _ = head.tag_paths(scores_, batch_for("ABC"))
+    assert first.tolist() == second.tolist() == [[2, 2, 0]]
+    assert head.decode(scores_, batch_for("ABC")) == [[("AB", "neu")]]
+
+
+def test_the_entity_list_pass_finds_a_listed_entity_the_model_missed_and_polarity_is_the_majority():
+    head = EntityPolarityTagger(entity_bonus=10.0, boundary_bonus=2.0)
+    # the model sees no entity in 'xx宝马x' (first pass all 0), but leans positive inside it
+    scores_ = logits([[0.9, 0.04, 0.03, 0.03]] * 2 + [[0.7, 0.2, 0.05, 0.05]] * 2 + [[0.9, 0.04, 0.03, 0.03]])
+    assert EntityPolarityTagger(entity_pass=False).decode(scores_, batch_for("xx宝马x")) == [[]]
+    assert head.decode(scores_, batch_for("xx宝马x", [(2, 4)])) == [[("宝马", "pos")]]
+    # the first pass tags A positive and CD negative; the listed ABCD is one entity, of the majority polarity
+    scores_ = logits([[0.1, 0.8, 0.05, 0.05], [0.8, 0.1, 0.05, 0.05]] + [[0.1, 0.05, 0.05, 0.8]] * 2)
+    first, _, _ = head.tag_paths(scores_, batch_for("ABCD"))
+    assert first.tolist() == [[1, 0, 3, 3]]
+    assert head.decode(scores_, batch_for("ABCD", [(0, 4)])) == [[("ABCD", "neg")]]
+
+
+def test_back_to_back_entities_are_cut_at_the_entity_list_matches():
+    head = EntityPolarityTagger()
+    scores_ = logits([[0.1, 0.05, 0.8, 0.05]] * 4)
+    assert head.decode(scores_, batch_for("宝马奔驰", [(0, 2), (2, 4)])) == [[("宝马", "neu"), ("奔驰", "neu")]]
+    # a run the matches do not cover end to end stays whole (宝马X5 with only 宝马 listed)
+    assert head.decode(scores_, batch_for("宝马X5", [(0, 2)])) == [[("宝马X5", "neu")]]
+
+
+def test_a_view_mentioned_twice_takes_the_majority_of_its_mentions():
+    assert pairs_of("宝马宝马宝马", [(0, 2, 1), (2, 4, 3), (4, 6, 3)]) == [("宝马", "neg")]
+    assert pairs_of("宝马奥迪宝马", [(0, 2, 1), (2, 4, 2), (4, 6, 3)]) == [("宝马", "pos"), ("奥迪", "neu")]
+
+
+def test_pseudo_labels_are_spans_with_the_least_sure_character_as_confidence():
+    head = EntityPolarityTagger(entity_pass=False)
+    scores_ = logits([[0.9, 0.04, 0.03, 0.03], [0.05, 0.85, 0.05, 0.05], [0.05, 0.6, 0.3, 0.05]])
+    labels, confidence = head.pseudo_label(scores_, batch_for("ABC"))
+    assert labels == [[[1, 3, 1]]] and math.isclose(float(confidence[0]), 0.6, rel_tol=1e-4)
+
+
+# ---- the metric on hand-counted cases ---------------------------------------------------------------------------
+def test_triple_f1_counts_wrong_polarity_missed_and_extra_views():
+    gold, pred = [("A", "pos"), ("B", "neu")], [("A", "pos"), ("B", "neg"), ("C", "neu")]
+    m = scores(sentence_counts(gold, pred, [False, True]) + sentence_counts([("D", "neg")], [], [True]))
+    # triples: 1 right of 3 predicted and 3 gold; Views: A, B right of 3 predicted and 3 gold
+    assert math.isclose(m["precision"], 1 / 3) and math.isclose(m["recall"], 1 / 3) and math.isclose(m["f1"], 1 / 3)
+    assert math.isclose(m["entity_f1"], 2 / 3) and math.isclose(m["polarity_acc"], 1 / 2)
+    assert math.isclose(m["unseen_recall"], 1 / 2)  # B found, D missed
+    assert "unseen_recall" not in scores(sentence_counts(gold, gold))
+
+
+def test_the_head_scores_batches_as_the_contest_does():
+    head = EntityPolarityTagger()
+    head.reset()
+    scores_ = logits([[0.1, 0.8, 0.05, 0.05]] * 2 + [[0.9, 0.04, 0.03, 0.03]])
+    batch = {**batch_for("宝马x", [(0, 2)]), "gold": [[("宝马", "pos"), ("奥迪", "neg")]],
+             "gold_unseen": [[False, True]]}
+    head.update(scores_, batch)
+    m = head.compute()
+    assert (m["precision"], m["recall"], m["unseen_recall"]) == (1.0, 0.5, 0.0)
+
+
+# ---- the staged pipeline through the CLI --------------------------------------------------------------------------
+TINY = ["stages.lm.trainer.max_epochs=1", "stages.lm.model.hidden=16", "stages.lm.model.embedding_dim=16",
+        "model.embedding_dim=16", "model.hidden=[32,16]", "dataset.min_count=2", "dataset.batch_size=16",
+        "optim.lr=1e-2", "trainer.max_epochs=8", "trainer.progress=false", "trainer.log_every_n_steps=20"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("absa")
+    write_contest(root, 240, seed=3)
+    write_jsonl(root / "train.jsonl", 240, seed=4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(workdir, corpus):
+    cli(workdir, "task=aspect_sentiment", f"dataset.root={corpus}", *TINY)
+    return latest_run(workdir, "aspect_sentiment")
+
+
+def test_the_staged_pipeline_learns_the_toy_corpus(trained):
+    results = json.loads((trained / "results.json").read_text())
+    assert results["monitor"] == "val/f1" and results["test"]["test/f1"] > 0.85, results
+    assert (trained / "checkpoints" / "best-lm.pt").is_file()
+    state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
+    lm = torch.load(trained / "checkpoints" / "best-lm.pt", weights_only=True)
+    assert state["data"]["chars"] == lm["data"]["chars"] and "宝马" in state["data"]["entities"]
+    # the tagger's embedding is the LM's, frozen
+    assert torch.equal(state["net"]["model.embedding.weight"], lm["net"]["model.embedding.weight"])
+
+
+def test_predict_writes_label_csv_rows(workdir, trained, tmp_path):
+    source = tmp_path / "new.csv"
+    source.write_bytes("SentenceId\tContent\r\nN1\t听说宝马很好，奥迪太差，。\r\nN2\t其实我觉得，。\r\n".encode())
+    out = tmp_path / "pred.csv"
+    cli(workdir, "mode=predict", f"ckpt={trained}", f"input={source}", f"output={out}")
+    assert out.read_bytes().decode() == "SentenceId\tView\tOpinion\r\nN1\t宝马\tpos\r\nN1\t奥迪\tneg\r\n"
+    proc = cli(workdir, "mode=predict", f"ckpt={trained}", "input=-", "output=-", input_text="朋友说丰田发布了。\n")
+    assert proc.stdout.endswith("SentenceId\tView\tOpinion\n1\t丰田\tneu\n")  # (read in text mode: CRLF as LF)
+
+
+def test_json_lines_train_through_the_same_pipeline(workdir, corpus):
+    cli(workdir, "task=aspect_sentiment", "dataset=absa_jsonl", f"dataset.train={corpus / 'train.jsonl'}", *TINY)
+    results = json.loads((latest_run(workdir, "aspect_sentiment") / "results.json").read_text())
+    assert results["test"]["test/f1"] > 0.85, results
+
+
+def test_bad_input_through_the_cli_is_one_line(workdir, tmp_path):
+    (tmp_path / "Train.csv").write_bytes("SentenceId\tContent\r\nS1\t宝马好\r\n".encode())
+    (tmp_path / "Label.csv").write_bytes("SentenceId\tView\tOpinion\r\nS1\t宝马\tpositive\r\nS2\t奥迪\tneu\r\n".encode())
+    proc = cli(workdir, "task=aspect_sentiment", f"dataset.root={tmp_path}", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines[-1].startswith("error:") and "Label.csv line 3: SentenceId S2" in lines[-1]
