@@ -315,3 +315,26 @@ def test_bad_input_through_the_cli_is_one_line(workdir, tmp_path):
     proc = cli(workdir, "task=aspect_sentiment", f"dataset.root={tmp_path}", check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines[-1].startswith("error:") and "Label.csv line 3: SentenceId S2" in lines[-1]
+
+
+def test_the_semeval_2014_conversion_in_docs_gives_json_lines_the_reader_accepts(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    (tmp_path / "r.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<sentences>\n'
+        '<sentence id="3121"><text>But the staff was so horrible to us.</text><aspectTerms>'
+        '<aspectTerm term="staff" polarity="negative" from="8" to="13"/></aspectTerms></sentence>\n'
+        '<sentence id="7"><text>Food fine, service mixed.</text><aspectTerms>'
+        '<aspectTerm term="Food" polarity="positive" from="0" to="4"/>'
+        '<aspectTerm term="service" polarity="conflict" from="11" to="18"/></aspectTerms></sentence>\n'
+        '<sentence id="8"><text>Nothing here.</text></sentence>\n</sentences>\n', encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "absa_semeval2014_to_jsonl.py"), str(tmp_path / "r.xml")],
+                          capture_output=True, text=True, check=True)
+    (tmp_path / "r.jsonl").write_text(proc.stdout, encoding="utf-8")
+    sentences = read_jsonl(tmp_path / "r.jsonl")
+    assert [(s.id, [(a.term, a.polarity, a.start) for a in s.aspects]) for s in sentences] == [
+        ("3121", [("staff", "neg", 8)]), ("7", [("Food", "pos", 0)]), ("8", [])]
+    assert "1 dropped" in proc.stderr

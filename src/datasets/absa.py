@@ -41,7 +41,7 @@ from trainer.errors import UserError
 
 from .absa_formats import (POLARITIES, Aspect, Sentence, read_contest, read_entity_list, read_jsonl,
                            read_new_sentences, write_labels)
-from .base import BatchPlan, BucketBatches, DataModule, RandomBatches
+from .base import BatchPlan, BucketBatches, DataModule, SequentialBatches
 from .lm_windows import NextTokenWindows
 from .segmentation import Vocabulary
 
@@ -412,7 +412,9 @@ class AbsaData(DataModule):
         if train:
             return BucketBatches(dataset.lengths(), self.batch_size, seed=self.seed, shuffle=True,
                                  max_tokens=self.max_tokens)
-        return BucketBatches(dataset.lengths(), self.eval_batch_size, shuffle=False)
+        if split in ("val", "test"):  # scored as sums: any order, so sentences of like length batch together
+            return BucketBatches(dataset.lengths(), self.eval_batch_size, shuffle=False)
+        return SequentialBatches(len(dataset), self.eval_batch_size)  # pseudo-labels are matched by position
 
     # --- mode=predict -------------------------------------------------------------------------------------------
     reads_stdin = True
