@@ -1,16 +1,20 @@
-"""Overhead of the generic loop against a minimal hand-written PyTorch loop, in one process.
+"""Overhead of the generic loop against a minimal hand-written PyTorch loop and PyTorch Lightning's Trainer, in one
+process.
 
-Both loops train the same model (seeded identically) on the same batches in the same order. Our loop runs with its
-progress bar (rendered to /dev/null as if on a terminal), CSV logging every 10 steps, per-epoch validation and
-checkpoints; the hand-written loop is forward / backward / step and nothing else. Each optimizer step is timed by an
-optimizer step-post-hook in both, and the runs alternate (ours, theirs, ours, ...) so machine noise hits both alike.
+The three loops train the same model (seeded identically) on the same batches in the same order. Our loop runs with
+its progress bar (rendered to /dev/null as if on a terminal), CSV logging every 10 steps, per-epoch validation and
+checkpoints; Lightning's Trainer with its defaults of the same kind (its tqdm progress bar, sent to /dev/null, its
+CSVLogger every 10 steps, per-epoch validation, its checkpoint callback); the hand-written loop is forward /
+backward / step and nothing else. Each optimizer step is timed by an optimizer step-post-hook in all three, and the
+runs alternate (ours, plain, Lightning, ours, ...) so machine noise hits them alike.
 
-Prints the median step time of each and their ratio (target <= 1.03): pooled over all steps, and as the median of the
-per-round ratios (each round runs both loops back to back, which cancels the machine's drift between rounds). Then
-the loop's absolute cost per step, measured with a model so small that bookkeeping dominates. Checks that the final
-training losses agree.
+Prints the median step time of each and the ratios to the hand loop (our target <= 1.03): pooled over all steps, and
+as the median of the per-round ratios (each round runs the loops back to back, which cancels the machine's drift
+between rounds). Then each loop's absolute cost per step, measured with a model so small that bookkeeping
+dominates. Checks that the final training losses agree.
 
-    python bench/overhead.py [--rounds 3] [--epochs 2] [--batch-size 64]
+    pip install -e '.[bench]'      # lightning, beside the pinned torch
+    python bench/overhead.py [--rounds 5] [--epochs 2] [--batch-size 64]
 """
 from __future__ import annotations
 
@@ -31,12 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose, initialize_config_module
 
-    from trainer.cli import CONF_DIR, register_resolvers
+    from trainer.cli import register_resolvers
+    from trainer.invocation import CONF_PACKAGE
 
     register_resolvers()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
 
 
@@ -56,17 +61,60 @@ def run_ours(cfg, workdir: Path) -> tuple[list[float], float]:
 
     import trainer.progress as progress
     from trainer.loggers import CSVLogger
-    from trainer.loop import Counters, fit
-    from trainer.run import build_stage, seed_everything, stage_configs
+    from trainer.loop import train_stage
+    from trainer.run import seed_everything
+    from trainer.stages import build_stage, stage_configs
+    from trainer.state import Counters
 
     progress.console = Console(file=open(os.devnull, "w"), force_terminal=True)  # draw the bar, off-screen
     run_dir = Path(tempfile.mkdtemp(dir=workdir))
     seed_everything(int(cfg.seed), False)
     (name, scfg), = stage_configs(cfg)
-    stage = build_stage(scfg, name, 0, 1, run_dir, True, [CSVLogger(run_dir)], None)
+    device, counters = torch.device("cpu"), Counters()
+    stage = build_stage(scfg, name, 0, 1, run_dir, [CSVLogger(run_dir)], device, None, counters)
     with timed_steps() as stamps:
-        fit(stage, torch.device("cpu"), None, Counters())
+        train_stage(stage, device, None, counters)
     return stamps, final_loss(stage.net.model, stage.data)
+
+
+def run_lightning(cfg, workdir: Path) -> tuple[list[float], float]:
+    """The same model, data, seed and batches under Lightning's Trainer with its progress bar and CSV logging."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import CSVLogger as LightningCSV
+    from omegaconf import open_dict
+
+    from trainer.run import seed_everything
+
+    class Module(L.LightningModule):
+        def __init__(self, model: torch.nn.Module, lr: float):
+            super().__init__()
+            self.model, self.lr = model, lr
+
+        def training_step(self, batch, _):
+            loss = F.cross_entropy(self.model(batch["x"]).flatten(0, 1), batch["y"].flatten())
+            self.log("train/loss", loss)
+            return loss
+
+        def validation_step(self, batch, _):
+            self.log("val/loss", F.cross_entropy(self.model(batch["x"]).flatten(0, 1), batch["y"].flatten()))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+    seed_everything(int(cfg.seed), False)
+    data = instantiate(cfg.dataset)
+    data.setup()
+    with open_dict(cfg):
+        cfg.data_info = data.info
+    module = Module(instantiate(cfg.model), float(cfg.optim.lr))
+    run_dir = Path(tempfile.mkdtemp(dir=workdir))
+    trainer = L.Trainer(max_epochs=int(cfg.trainer.max_epochs), accelerator="cpu", devices=1,
+                        logger=LightningCSV(run_dir), log_every_n_steps=10, default_root_dir=run_dir,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    with timed_steps() as stamps, open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+        trainer.fit(module, data.loader("train", train=True), data.loader("val"))
+    return stamps, final_loss(module.model, data)
 
 
 def run_plain(cfg) -> tuple[list[float], float]:
@@ -129,23 +177,29 @@ def main() -> int:
     ])
     run_plain(cfg)  # warm-up: renders the cache, loads kernels
 
-    ours, plain, losses, paired = [], [], [], []
+    ours, plain, light, losses, paired, paired_light = [], [], [], [], [], []
     for r in range(args.rounds):
         s_ours, l_ours = run_ours(cfg, workdir)
         s_plain, l_plain = run_plain(cfg)
-        m_o, m_p = statistics.median(step_times(s_ours)), statistics.median(step_times(s_plain))
+        s_light, l_light = run_lightning(cfg, workdir)
+        m_o, m_p, m_l = (statistics.median(step_times(s)) for s in (s_ours, s_plain, s_light))
         ours += step_times(s_ours)
         plain += step_times(s_plain)
+        light += step_times(s_light)
         paired.append(m_o / m_p)
-        losses.append((l_ours, l_plain))
-        print(f"round {r + 1}: ours {m_o * 1e3:.2f} ms/step, plain {m_p * 1e3:.2f} ms/step, ratio {m_o / m_p:.3f}, "
-              f"final loss ours {l_ours:.6f} plain {l_plain:.6f}", flush=True)
+        paired_light.append(m_l / m_p)
+        losses.append((l_ours, l_plain, l_light))
+        print(f"round {r + 1}: ours {m_o * 1e3:.2f} ms/step, plain {m_p * 1e3:.2f}, Lightning {m_l * 1e3:.2f}; "
+              f"ratios to plain: ours {m_o / m_p:.3f}, Lightning {m_l / m_p:.3f}; final loss ours {l_ours:.6f} "
+              f"plain {l_plain:.6f} Lightning {l_light:.6f}", flush=True)
 
-    m_ours, m_plain = statistics.median(ours), statistics.median(plain)
-    print(f"\nmedian step time over {len(ours)} steps each: ours {m_ours * 1e3:.2f} ms, plain {m_plain * 1e3:.2f} ms "
-          f"(pooled ratio {m_ours / m_plain:.3f})")
+    m_ours, m_plain, m_light = statistics.median(ours), statistics.median(plain), statistics.median(light)
+    print(f"\nmedian step time over {len(ours)} steps each: ours {m_ours * 1e3:.2f} ms, plain {m_plain * 1e3:.2f} ms, "
+          f"Lightning {m_light * 1e3:.2f} ms (pooled ratios to plain: ours {m_ours / m_plain:.3f}, Lightning "
+          f"{m_light / m_plain:.3f})")
     print(f"ratio ours/plain, median of the {len(paired)} back-to-back rounds = {statistics.median(paired):.3f}  "
           f"(target <= 1.03)")
+    print(f"ratio Lightning/plain, median of the {len(paired_light)} rounds = {statistics.median(paired_light):.3f}")
 
     # The loop's own cost per step, where it is not hidden by the model: a 1-filter CNN on 16x6 images.
     tiny = compose(["task=captcha", "task_name=captcha", "model=captcha_cnn", "model.blocks=1", "model.filters=1",
@@ -155,15 +209,18 @@ def main() -> int:
                     "trainer.log_every_n_steps=10", "trainer.progress=true", "trainer.test_after_fit=false",
                     "trainer.gradient_clip_val=null"])
     run_plain(tiny)
-    extra = []
+    extra, extra_light = [], []
     for _ in range(args.rounds):
         t_o = statistics.median(step_times(run_ours(tiny, workdir)[0]))
         t_p = statistics.median(step_times(run_plain(tiny)[0]))
+        t_l = statistics.median(step_times(run_lightning(tiny, workdir)[0]))
         extra.append(t_o - t_p)
-    overhead = statistics.median(extra)
-    print(f"loop overhead per step (tiny model, median of {len(extra)} rounds): {overhead * 1e6:.0f} us "
-          f"= {overhead / m_plain * 100:.2f}% of a {m_plain * 1e3:.0f} ms step above")
-    agree = all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in losses)
+        extra_light.append(t_l - t_p)
+    for who, values in (("ours", extra), ("Lightning", extra_light)):
+        overhead = statistics.median(values)
+        print(f"loop overhead per step, {who} (tiny model, median of {len(values)} rounds): {overhead * 1e6:.0f} us "
+              f"= {overhead / m_plain * 100:.2f}% of a {m_plain * 1e3:.0f} ms step above")
+    agree = all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) and abs(c - b) <= 1e-4 * max(1.0, abs(b)) for a, b, c in losses)
     print(f"final losses agree: {agree}  {losses[0]}")
     return 0 if agree else 1
 

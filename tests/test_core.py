@@ -16,8 +16,9 @@ from trainer import checkpoint as ckpt
 from trainer.callbacks import MonitorTracker, NonFiniteGuard
 from trainer.config import parse_duration, trainer_config
 from trainer.errors import NonFiniteLossError, UserError
-from trainer.loop import apply_freeze, param_groups
-from trainer.run import _check_resumable, stage_configs
+from trainer.stages import apply_freeze, stage_configs
+from trainer.state import Counters, param_groups
+from trainer.resume import ResumePoint
 from trainer.schedules import one_cycle, seek, step_decay, warmup_cosine
 
 
@@ -205,6 +206,10 @@ def test_stage_overrides_merge_or_replace_by_target():
     assert b.trainer.max_epochs == 10 and b.stage.frozen == ["x"] and "stages" not in b
     with pytest.raises(UserError, match="not a config section"):
         stage_configs(OmegaConf.create({"stages": {"a": {"optimm": {}}}}))
+
+
+def _check_resumable(saved, stages, index, done):
+    ResumePoint({"config": OmegaConf.to_yaml(saved)}, Counters(stage_index=index, stage_done=done)).check(stages)
 
 
 def test_a_resume_may_drop_the_weights_file_it_started_from_but_not_change_the_model():

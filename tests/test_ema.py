@@ -13,7 +13,10 @@ from test_fit import toy_stage
 from trainer.config import trainer_config
 from trainer.ema import WeightEMA
 from trainer.errors import UserError
-from trainer.loop import Counters, TaskNet, evaluate, fit
+from trainer.inference import score
+from trainer.loop import train_stage as fit
+from trainer.stages import TaskNet
+from trainer.state import Counters
 
 
 class HeadWithSetting(nn.Module):
@@ -68,7 +71,7 @@ def test_fit_validates_and_saves_the_average_and_trains_on_the_live_weights(tmp_
     with averaged.swapped_in():
         for k, v in stage.net.state_dict().items():  # best.pt (one validation, at the end) holds the average
             torch.testing.assert_close(best["net"][k], v, msg=k)
-        scores = evaluate(stage.net, stage.data.loader("val"), torch.device("cpu"), "fp32", split="val")
+        scores = score(stage.net, stage.data.loader("val"), torch.device("cpu"), "fp32", split="val")
     assert best["best"] == scores["acc"]  # what was validated is the average
     w = "model.4.weight"
     assert not torch.equal(best["net"][w], last["net"][w])

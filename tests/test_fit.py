@@ -16,7 +16,9 @@ from trainer import loop
 from trainer.config import TrainerConfig
 from trainer.errors import UserError
 from trainer.loggers import CSVLogger
-from trainer.loop import Counters, Stage, TaskNet, apply_freeze, fit
+from trainer.loop import train_stage as fit
+from trainer.stages import Stage, TaskNet, apply_freeze
+from trainer.state import Counters
 from trainer.schedules import warmup_cosine
 
 

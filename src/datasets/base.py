@@ -147,6 +147,81 @@ class ClassBalancedBatches(BatchPlan):
         return out
 
 
+class ClassShareBatches(BatchPlan):
+    """Batches with fixed class proportions, e.g. the LAMOST contest original's 80% star, 10% unknown, 5% galaxy and
+    5% QSO in every batch of 160, against the data's 92 / 7 / 1.1 / 0.3%.
+
+    Each batch holds round(share x batch_size) samples of each class (largest remainders, so that they sum to
+    `batch_size`), taken in order from a per-epoch permutation of the class (a fresh permutation when the class runs
+    out, so rare classes repeat within an epoch), then shuffled within the batch. An epoch has `batches_per_epoch`
+    batches (default: n // batch_size, one pass in sample count). Everything is drawn from (seed, epoch).
+
+    `shares` maps class names (with `class_names`, which DataModule.plan passes) or class indices to shares; every
+    class present in `labels` must be named (a share of 0 leaves it out) and shares are normalised to sum to 1.
+    """
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, batch_size: int, shares: Any, seed: int = 0,
+                 class_names: Sequence[str] | None = None, batches_per_epoch: int | None = None):
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.batch_size, self.seed = int(batch_size), seed
+        present = [int(c) for c in np.unique(self.labels)]
+        by_index = self._by_index(shares, class_names)
+        missing = [c for c in present if c not in by_index]
+        if missing:
+            names = [class_names[c] if class_names else str(c) for c in missing]
+            raise UserError(f"dataset.train_plan.shares does not name class(es) {', '.join(names)} of the training "
+                            "split; give each a share (0 to leave it out)")
+        empty = [c for c, v in by_index.items() if v > 0 and c not in present]
+        if empty:
+            names = [class_names[c] if class_names else str(c) for c in empty]
+            raise UserError(f"dataset.train_plan.shares gives class(es) {', '.join(names)} a share, but the training "
+                            "split has no sample of them")
+        raw = np.array([by_index.get(c, 0.0) for c in present], dtype=np.float64)
+        if (raw < 0).any() or raw.sum() <= 0:
+            raise UserError(f"dataset.train_plan.shares must be >= 0 with a positive sum; got {shares}")
+        want = raw / raw.sum() * self.batch_size
+        counts = np.floor(want).astype(np.int64)
+        counts[np.argsort(-(want - counts), kind="stable")[: self.batch_size - counts.sum()]] += 1
+        self.classes = present
+        self.counts = counts  # samples of each class (in `classes` order) per batch
+        self.members = [np.flatnonzero(self.labels == c) for c in present]
+        default = max(len(self.labels) // max(self.batch_size, 1), 1)
+        self.batches_per_epoch = int(batches_per_epoch) if batches_per_epoch else default
+
+    @staticmethod
+    def _by_index(shares: Any, class_names: Sequence[str] | None) -> dict[int, float]:
+        if isinstance(shares, (list, tuple)) or (hasattr(shares, "__len__") and not hasattr(shares, "keys")):
+            return {i: float(v) for i, v in enumerate(shares)}
+        out = {}
+        for key, value in dict(shares).items():
+            if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+                out[int(key)] = float(value)
+            elif class_names is not None and str(key) in list(class_names):
+                out[list(class_names).index(str(key))] = float(value)
+            else:
+                known = ", ".join(class_names) if class_names is not None else "class indices"
+                raise UserError(f"dataset.train_plan.shares: '{key}' is not a class ({known})")
+        return out
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        queues = [rng.permutation(m) for m in self.members]
+        used = [0] * len(self.members)
+        out = []
+        for _ in range(self.batches_per_epoch):
+            batch: list[int] = []
+            for c, k in enumerate(self.counts.tolist()):
+                while k > 0:
+                    if used[c] == len(queues[c]):
+                        queues[c], used[c] = rng.permutation(self.members[c]), 0
+                    n = min(k, len(queues[c]) - used[c])
+                    batch += queues[c][used[c] : used[c] + n].tolist()
+                    used[c] += n
+                    k -= n
+            out.append([batch[i] for i in rng.permutation(len(batch))])
+        return out
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Iterates one epoch of a BatchPlan: this rank's slice of each global batch, from `start`, at most `limit`.
 
@@ -212,7 +287,16 @@ def default_collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class DataModule:
-    """Base class: subclasses fill `self.splits` in `setup()` and may override the plan, collate and info."""
+    """Base class: subclasses fill `self.splits` in `setup()` and may override the plan, collate and info.
+
+    Order of calls: constructor, then `load_state_dict` when there is state (a resume, a checkpoint for eval/predict,
+    a previous stage's state under `init.data`), then `setup(stage)`, which reuses what was loaded (a vocabulary,
+    class names, pseudo-labels) instead of rebuilding it.
+    """
+
+    #: Constructor keys that say how this machine reads the data, not what the data is (eval/predict take them from
+    #: the command line, the rest from the checkpoint). Subclasses add theirs (a render pool, a cache, a download).
+    machine_keys: frozenset[str] = frozenset({"num_workers", "pin_memory"})
 
     def __init__(
         self,
@@ -221,6 +305,7 @@ class DataModule:
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: bool = False,
+        train_plan: Any = None,
     ):
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or batch_size)):
             if not (isinstance(value, int) and value >= 1):
@@ -232,14 +317,20 @@ class DataModule:
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory
+        if train_plan is not None and not callable(train_plan):
+            raise UserError(f"dataset.train_plan must build a BatchPlan: give its _target_ with _partial_: true "
+                            f"(got {train_plan!r})")
+        #: a BatchPlan factory named in the config (`dataset.train_plan`, `_partial_: true`); `plan` calls it
+        self.train_plan = train_plan
         self.splits: dict[str, Dataset] = {}
 
     # --- what subclasses provide -------------------------------------------------------------------------------
     def setup(self, stage: str = "fit") -> None:
         """Read the data and build `self.splits` ("train", "val", "test", ...). Raise UserError on bad input.
 
-        `stage` is Lightning's: "fit" (training), "eval" (mode=eval), or "predict" (mode=predict: new inputs only,
-        after `load_state_dict`; a module that can read them from the checkpoint's state alone reads nothing here).
+        `stage` is Lightning's: "fit" (training), "eval" (mode=eval), or "predict" (mode=predict: new inputs only; a
+        module that can read them from the checkpoint's state alone reads nothing here). Called after
+        `load_state_dict`, if there was state to load.
         """
         raise NotImplementedError
 
@@ -255,11 +346,41 @@ class DataModule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def set_pseudo_labels(self, split: str, indices: list[int], labels: list[Any]) -> None:
+        """Self-training (the `pseudo_label` stage option): add the items `indices` of `split`, labelled `labels`
+        (as the head's `pseudo_label` gives them), to the training split, replacing earlier pseudo-labels. Called
+        after `setup`, before the training batch plan is built; the labels belong in `state_dict`, so that a resumed
+        stage restores them rather than labelling again."""
+        raise UserError(f"{type(self).__name__} does not take pseudo-labels; drop the stage's pseudo_label option")
+
     def plan(self, split: str, train: bool) -> BatchPlan:
         n = len(self.splits[split])
+        if train and self.train_plan is not None:
+            return self.configured_plan(split)
         if train:
             return RandomBatches(n, self.batch_size, seed=self.seed, drop_last=True)
         return SequentialBatches(n, self.eval_batch_size)
+
+    def configured_plan(self, split: str) -> BatchPlan:
+        """`dataset.train_plan` called with what it asks for of: the split's `labels` (its dataset's `labels`, or
+        its "y" array), `n`, `batch_size`, `seed` and `class_names`."""
+        import inspect
+
+        params = inspect.signature(self.train_plan).parameters
+        offered = {"n": lambda: len(self.splits[split]), "batch_size": lambda: self.batch_size,
+                   "seed": lambda: self.seed, "class_names": lambda: getattr(self, "class_names", None),
+                   "labels": lambda: self.split_labels(split)}
+        return self.train_plan(**{k: get() for k, get in offered.items() if k in params})
+
+    def split_labels(self, split: str) -> np.ndarray:
+        ds = self.splits[split]
+        labels = getattr(ds, "labels", None)
+        if labels is None and isinstance(getattr(ds, "arrays", None), dict):
+            labels = ds.arrays.get("y")
+        if labels is None:
+            raise UserError(f"dataset.train_plan needs class labels; the {split} split of {type(self).__name__} has "
+                            "none")
+        return np.asarray(labels)
 
     def collate(self, samples: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
         if isinstance(samples, dict):  # already a batch (a dataset with __getitems__)

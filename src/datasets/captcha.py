@@ -166,6 +166,7 @@ class _OnTheFly(torch.utils.data.Dataset):
 
 class CaptchaData(DataModule):
     """Rendered captchas: train/val/test splits of fixed seeds (val and test never change with the run's seed)."""
+    machine_keys = DataModule.machine_keys | {"render_workers", "cache_dir", "cache"}
 
     def __init__(
         self,

@@ -114,6 +114,8 @@ def load_arrays(root: Path, allow_download: bool) -> dict[str, tuple[np.ndarray,
 
 # ---- the DataModule -------------------------------------------------------------------------------------------------
 class FashionMNISTData(ClassifiedData):
+    machine_keys = ClassifiedData.machine_keys | {"download"}
+
     def __init__(
         self,
         root: str = "data/fashion-mnist",

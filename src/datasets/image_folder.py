@@ -164,6 +164,8 @@ class ImageSet(torch.utils.data.Dataset):
 
 
 class ImageFolderData(ClassifiedData):
+    machine_keys = ClassifiedData.machine_keys | {"cache"}
+
     def __init__(
         self,
         root: str,

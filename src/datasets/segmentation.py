@@ -267,12 +267,9 @@ class SegmentationData(DataModule):
         raise NotImplementedError
 
     def setup(self, stage: str = "fit") -> None:
-        if self.vocab is not None:
-            # the vocabulary came with a checkpoint: read the files only when a split is asked for, so that
-            # mode=predict needs nothing but the checkpoint
-            self._splits = None
-            return
-        self._splits = self._build_splits()
+        # With a checkpoint's vocabulary (loaded before setup), the files are read only when a split is asked for,
+        # so that mode=predict needs nothing but the checkpoint.
+        self._splits = None if self.vocab is not None else self._build_splits()
 
     @property
     def splits(self) -> dict[str, Dataset]:
@@ -331,20 +328,11 @@ class SegmentationData(DataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
-        before = self._encoding()
         self.vocab = Vocabulary(state["chars"])
         keys = state.get("bigram_keys")
         self.bigrams = BigramVocabulary(keys.numpy(), len(self.vocab)) if keys is not None else None
         self.train_words = frozenset(state["train_words"])
         self.punctuation = state.get("punctuation", self.punctuation)
-        if self._splits and self._encoding() != before:
-            self._splits = None  # set up before (resume): encode again with the checkpoint's vocabularies
-
-    def _encoding(self) -> tuple | None:
-        """What the encoded splits depend on: the character list and the bigram keys."""
-        if self.vocab is None:
-            return None
-        return tuple(self.vocab.chars), None if self.bigrams is None else self.bigrams.keys.tobytes()
 
     def plan(self, split: str, train: bool) -> BatchPlan:
         dataset = self.splits[split]

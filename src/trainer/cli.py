@@ -11,7 +11,6 @@ Before Hydra takes over, this module does what Hydra's own entry point would do 
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 import itertools
 import os
 import shlex
@@ -20,10 +19,8 @@ import time
 import traceback
 from pathlib import Path
 
-#: The config tree ships inside the package (conf/ is installed as trainer.conf); Hydra reads it by its package path,
-#: which works from a checkout, an editable install and a wheel alike.
-CONF_PACKAGE = "trainer.conf"
-CONF_DIR = str(importlib.resources.files(CONF_PACKAGE))
+from .invocation import CONF_DIR, CONF_PACKAGE
+
 PASS_THROUGH_FLAGS = ("--cfg", "-c", "--resolve", "--package", "-p", "--info", "-i", "--hydra-help", "--version",
                       "--shell-completion", "-sc", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                       "-cd", "--experimental-rerun")
@@ -87,7 +84,7 @@ def register_resolvers() -> None:
 
 # ---- --help ---------------------------------------------------------------------------------------------------------
 def print_help() -> None:
-    conf = Path(CONF_DIR)
+    conf = CONF_DIR
     print("usage: python -m trainer [task=NAME] [KEY=VALUE ...]        one run\n"
           "       python -m trainer -m [task=NAME] KEY=V1,V2 ...         a sweep (Hydra multirun)\n"
           "       torchrun --nproc_per_node=N -m trainer [...]           DistributedDataParallel\n"
@@ -111,7 +108,7 @@ def _root_defaults() -> dict[str, str]:
     """GROUP -> option chosen by conf/config.yaml's defaults list."""
     from omegaconf import OmegaConf
 
-    entries = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "config.yaml").defaults)
+    entries = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").defaults)
     return {str(k): str(v) for e in entries if isinstance(e, dict) for k, v in e.items()}
 
 
@@ -141,8 +138,10 @@ def _job_override_sets(overrides: list[str], multirun: bool, limit: int = 200) -
     return [list(c) for c in itertools.islice(itertools.product(*choices), limit)]
 
 
-def validate(overrides: list[str], multirun: bool) -> None:
-    """Compose each job's config once; raise UserError with one line on the first that fails."""
+def validate(overrides: list[str], multirun: bool, untrusted: str | None = None) -> None:
+    """Compose each job's config once; raise UserError with one line on the first that fails. With `untrusted` (the
+    overrides replayed from a run folder), every `_target_` of the composed config, Hydra's included, must be one the
+    allowlist trusts (see `trust`)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -150,6 +149,7 @@ def validate(overrides: list[str], multirun: bool) -> None:
 
     from .config import trainer_config
     from .errors import UserError, one_line
+    from .trust import check_config
 
     try:
         job_sets = _job_override_sets(overrides, multirun)
@@ -159,7 +159,7 @@ def validate(overrides: list[str], multirun: bool) -> None:
     with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         for job in job_sets:
             try:
-                cfg = compose("config", overrides=job)
+                cfg = compose("config", overrides=job, return_hydra_config=untrusted is not None)
             except MissingConfigException as e:
                 group = (e.missing_cfg_file or "").rpartition("/")[0] or "config"
                 name = (e.missing_cfg_file or "").rpartition("/")[2]
@@ -170,6 +170,8 @@ def validate(overrides: list[str], multirun: bool) -> None:
             except ValueError as e:  # Hydra's own, e.g. `debug=null`: "Config group override must be a string"
                 raise UserError(f"cannot compose the config: {one_line(e)}; to drop a group's choice write ~GROUP, "
                                 "to pick another GROUP=OPTION") from None
+            if untrusted is not None:
+                check_config(cfg, untrusted, interpolations=True)
             trainer_config(cfg.trainer)
             _check_output_dir(cfg.paths.output_dir)
             if cfg.mode not in ("train", "eval", "predict"):
@@ -232,6 +234,7 @@ def job(cfg) -> dict:
 
     from . import distributed as dist
     from .errors import UserError
+    from .invocation import Invocation
     from .progress import print_error
     from .run import run
 
@@ -245,7 +248,7 @@ def job(cfg) -> dict:
         with open(run_dir / "command.txt", "a") as f:
             f.write(" ".join(["python -m trainer", *map(shlex.quote, hc.overrides.task)]) + "\n")
     try:
-        return run(cfg, run_dir)
+        return run(cfg, run_dir, Invocation.from_hydra())
     except (Exception, KeyboardInterrupt) as e:
         if isinstance(e, UserError):
             message, code = str(e), 2
@@ -307,6 +310,7 @@ def _main(argv: list[str] | None) -> None:
     register_resolvers()
     from . import distributed as dist
     from .errors import UserError
+    from .resume import resume_overrides
 
     flags, overrides = split_flags(argv)
     multirun = "-m" in flags or "--multirun" in flags
@@ -316,10 +320,10 @@ def _main(argv: list[str] | None) -> None:
         os.environ["TRAINER_RUN_STAMP"] = dist.broadcast_object(_run_stamp())
 
     try:
-        overrides = _resume_overrides(overrides)
+        overrides, replayed_from = resume_overrides(overrides, _run_stamp())
         overrides = _checkpoint_task(overrides, multirun)
         if not any(f in flags for f in PASS_THROUGH_FLAGS if f not in SHOW_CONFIG_FLAGS):
-            validate(overrides, multirun)
+            validate(overrides, multirun, untrusted=f"resume={replayed_from}" if replayed_from else None)
     except UserError as e:
         fail(str(e))
 
@@ -332,49 +336,6 @@ def _main(argv: list[str] | None) -> None:
     dist.shutdown()
     if _failures and multirun:
         fail(f"{len(_failures)} job(s) of the sweep failed (see the summary above)", code=1)
-
-
-def _resume_overrides(overrides: list[str]) -> list[str]:
-    """`resume=RUN_DIR`: the original run's overrides, then the new ones, writing into RUN_DIR again."""
-    from .errors import UserError
-
-    given = [o for o in overrides if o.startswith("resume=")]
-    if not given or given[-1] in ("resume=null", "resume="):
-        return overrides
-    run_dir = Path(given[-1].split("=", 1)[1]).resolve()
-    if run_dir.is_file():  # a checkpoint path inside the run directory
-        run_dir = run_dir.parent.parent
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        raise UserError(f"resume={run_dir}: not a run directory (no .hydra/overrides.yaml); give the run's folder")
-    results = run_dir / "results.json"
-    if results.is_file() and '"status": "ok"' in results.read_text():
-        raise UserError(f"resume={run_dir}: that run has finished (results.json); nothing to resume. To test it "
-                        f"again: python -m trainer mode=eval ckpt={run_dir}")
-    from omegaconf import OmegaConf
-
-    _run_where_it_started(run_dir)
-    original = [o for o in OmegaConf.load(saved) if not str(o).startswith("resume=")]
-    rest = [o for o in overrides if not o.startswith("resume=")]
-    # the resume's own Hydra record goes beside the run's, which stays the original (the next resume reads it)
-    record = f"hydra.output_subdir=.hydra/resume-{_run_stamp()}"
-    return [*original, *rest, f"resume={run_dir}", f"hydra.run.dir={run_dir}", record]
-
-
-def _run_where_it_started(run_dir: Path) -> None:
-    """Change to the folder the run was started in, so that its relative paths (paths.data_dir=../shared/data, the
-    default `data`) mean what they meant then; a resume from another folder read other data or none."""
-    from omegaconf import OmegaConf
-
-    from . import distributed as dist
-
-    with contextlib.suppress(Exception):  # an unreadable record: stay here
-        started = Path(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd)
-        if started.is_dir() and started.resolve() != Path.cwd().resolve():
-            os.chdir(started)
-            if dist.is_main():  # (under torchrun, once)
-                print(f"resume: working in {started}, where the run was started (its relative paths are from there)",
-                      file=sys.stderr)
 
 
 def _checkpoint_task(overrides: list[str], multirun: bool = False) -> list[str]:
@@ -391,5 +352,13 @@ def _checkpoint_task(overrides: list[str], multirun: bool = False) -> list[str]:
     from .checkpoint import load
 
     state = load(last("ckpt"))
-    task = OmegaConf.create(state.get("config") or "{}").get("task_name") if isinstance(state, dict) else None
+    try:
+        task = OmegaConf.create(state.get("config") or "{}").get("task_name") if isinstance(state, dict) else None
+    except Exception:  # noqa: BLE001 - not our config: _checkpoint_net says so in one line
+        return overrides
+    if task is not None and not (isinstance(task, str) and (CONF_DIR / "task" / f"{task}.yaml").is_file()):
+        from .errors import UserError
+
+        raise UserError(f"ckpt={last('ckpt')} names task={task!r}, which is not one of this project's tasks; give "
+                        "task=NAME")
     return [f"task={task}", *overrides] if task else overrides

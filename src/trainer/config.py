@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -27,13 +27,17 @@ class TrainerConfig:
     # Validation cadence.
     val_every_n_epochs: int = 1
     val_every_n_steps: Optional[int] = None
-    # Debugging: one batch of each split / a cap on batches / train and validate on the same few batches.
+    # Debugging presets, expanded by `trainer_config` into the plain settings below (the loop never reads them):
+    # one batch of each split and no checkpoints / train and validate on the same few batches.
     fast_dev_run: bool = False
+    overfit_batches: int = 0
     # int = batches, float in (0, 1] = fraction (Lightning's convention; typed Any so that 1 stays one batch)
     limit_train_batches: Any = None
     limit_val_batches: Any = None
     limit_test_batches: Any = None
-    overfit_batches: int = 0
+    val_split: str = "val"  # the split validation scores (overfit_batches: train)
+    shuffle: bool = True  # the training split's own batch plan; False reads it in order (overfit_batches)
+    save_checkpoints: bool = True  # False: best.pt/last.pt are not written; a next stage starts from memory
     # Optimisation.
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
@@ -72,6 +76,17 @@ def trainer_config(node: DictConfig, where: str = "trainer") -> TrainerConfig:
         raise UserError(f"bad value for '{where}.{key}': {one_line(e.msg if hasattr(e, 'msg') else e)}") from None
     cfg: TrainerConfig = OmegaConf.to_object(merged)
     _check(cfg, where)
+    return expand_debug(cfg)
+
+
+def expand_debug(cfg: TrainerConfig) -> TrainerConfig:
+    """The debug presets as the plain settings they stand for, so that nothing downstream branches on them."""
+    if cfg.fast_dev_run:
+        return replace(cfg, max_epochs=1, max_steps=1, limit_train_batches=1, limit_val_batches=1,
+                       limit_test_batches=1, save_checkpoints=False)
+    if cfg.overfit_batches:
+        n = cfg.overfit_batches
+        return replace(cfg, limit_train_batches=n, limit_val_batches=n, val_split="train", shuffle=False)
     return cfg
 
 
@@ -91,6 +106,8 @@ def _check(cfg: TrainerConfig, where: str) -> None:
         raise bad("gradient_clip_val", f"{cfg.gradient_clip_val} must be > 0, or null for no clipping")
     if cfg.accumulate_grad_batches < 1:
         raise bad("accumulate_grad_batches", "must be >= 1")
+    if cfg.overfit_batches < 0:
+        raise bad("overfit_batches", "must be 0 (off) or a number of batches >= 1")
     if cfg.val_every_n_epochs < 1:
         raise bad("val_every_n_epochs", "must be >= 1")
     for key in ("val_every_n_steps", "checkpoint_every_n_steps", "early_stopping_patience"):

@@ -42,6 +42,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def select_device(name: str) -> torch.device:
+    """`trainer.device`: auto is this rank's GPU (LOCAL_RANK) when there is one, else the CPU."""
+    from .errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda", env_local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name} but CUDA is not available here; use trainer.device=auto or cpu")
+    return device
+
+
 def init_from_env() -> None:
     """Start the process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
     if env_world_size() <= 1 or is_distributed():

@@ -101,6 +101,11 @@ class ClassificationHead(Head):
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[str]:
         return [self.class_names[i] for i in self.predict(outputs).tolist()]
 
+    def pseudo_label(self, outputs: Any, batch: dict[str, Any]) -> tuple[list[int], torch.Tensor]:
+        """Self-training: the predicted class index of each sample, and its softmax probability as the confidence."""
+        confidence, label = logits_of(outputs).float().softmax(-1).max(-1)
+        return label.tolist(), confidence
+
 
 def save_confusion(confusion: torch.Tensor, class_names: Sequence[str], csv_path: Path, png_path: Path,
                    title: str = "") -> None:

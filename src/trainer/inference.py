@@ -1,0 +1,82 @@
+"""The one inference path: `infer` yields (outputs, batch) over a loader; validation, the final test, `mode=eval`
+(`score`), `mode=predict` and pseudo-labelling (`pseudo_label`) all read it."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    return len(batch["x"])
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def infer(net: nn.Module, loader, device: torch.device, precision: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """(outputs, batch) for each batch of `loader`, the net in eval mode (and left so). Iterate it under
+    `torch.inference_mode()`."""
+    net.eval()
+    for batch in loader:
+        if batch_size_of(batch) == 0:  # this rank's slice of a final batch smaller than the world size
+            continue
+        batch = to_device(batch, device)
+        with autocast_context(device, precision):
+            outputs = net.model(batch["x"])
+        yield outputs, batch
+
+
+@torch.inference_mode()
+def score(net: nn.Module, loader, device: torch.device, precision: str, split: str) -> dict[str, float]:
+    """The head's metrics over `loader`, reduced over ranks. The head is told the split (`head.split`), for heads whose
+    metrics depend on it (a decode setting tuned on validation and only applied elsewhere)."""
+    head = net.head
+    head.reset()
+    head.split = split
+    for outputs, batch in infer(net, loader, device, precision):
+        head.update(outputs, batch)
+    return head.compute()
+
+
+@torch.inference_mode()
+def predict(net: nn.Module, loader, device: torch.device, precision: str) -> list[Any]:
+    """The head's decoded prediction of every sample, in loader order."""
+    out: list[Any] = []
+    for outputs, batch in infer(net, loader, device, precision):
+        out.extend(net.head.decode(outputs, batch))
+    return out
+
+
+@torch.inference_mode()
+def pseudo_label(net: nn.Module, loader, device: torch.device, precision: str, threshold: float,
+                 max_items: int | None = None) -> tuple[list[int], list[Any], int]:
+    """Self-training: the head's label and confidence for each sample of `loader` (read in order); the positions and
+    labels of those at or above `threshold`, at most the `max_items` most confident; and how many were labelled."""
+    if not callable(getattr(net.head, "pseudo_label", None)):
+        raise UserError(f"{type(net.head).__name__} has no pseudo_label method; drop the stage's pseudo_label option")
+    labels: list[Any] = []
+    confidences: list[torch.Tensor] = []
+    for outputs, batch in infer(net, loader, device, precision):
+        batch_labels, confidence = net.head.pseudo_label(outputs, batch)
+        labels.extend(batch_labels)
+        confidences.append(confidence.detach().float().reshape(-1))
+    conf = torch.cat(confidences).cpu() if confidences else torch.zeros(0)
+    keep = torch.nonzero(conf >= threshold).flatten()
+    if max_items is not None and len(keep) > max_items:
+        keep = keep[conf[keep].argsort(descending=True, stable=True)[:max_items]].sort().values
+    indices = keep.tolist()
+    return indices, [labels[i] for i in indices], len(labels)
