@@ -7,6 +7,11 @@ predicted), so the numbers are exact under DDP after one all-reduce:
     of image classification reports;
   - macro_f1: the unweighted mean of 2PR/(P+R) over the classes that occur as truth or prediction (scikit-learn's
     f1_score(average="macro"); a class that is predicted but never right, or never predicted, counts as 0).
+  - f1_<class> (with `per_class_f1`): each class's F1, the terms of that mean.
+The training loss is `loss: ce` (cross-entropy) or `loss: soft_macro_f1`: 1 - the mean over classes of a
+differentiable F1 with the softmax probabilities standing in for the 0/1 predictions, TP = sum p*y, FP = sum p*(1-y),
+FN = sum (1-p)*y over the batch (the LAMOST contest's second stage; a batch needs every class in it, e.g. the
+ClassShareBatches plan).
 At the end of the splits listed in `save_confusion` the matrix is written to the run directory as
 confusion_<split>.csv (counts, with class names) and confusion_<split>.png (row-normalised heat map).
 
@@ -38,8 +43,12 @@ class ClassificationHead(Head):
     monitor, monitor_mode = "acc", "max"
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None, label_smoothing: float = 0.0,
-                 per_class_metrics: bool = True, save_confusion: Sequence[str] = ("test",)):
+                 per_class_metrics: bool = True, save_confusion: Sequence[str] = ("test",), loss: str = "ce",
+                 per_class_f1: bool = False):
         super().__init__()
+        if loss not in ("ce", "soft_macro_f1"):
+            raise ValueError(f"head.loss='{loss}' is not one of ce, soft_macro_f1")
+        self.loss_name, self.per_class_f1 = loss, per_class_f1
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes = num_classes
@@ -50,6 +59,8 @@ class ClassificationHead(Head):
 
     # ---- training ----
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        if self.loss_name == "soft_macro_f1":
+            return soft_macro_f1_loss(logits_of(outputs).float(), batch["y"], self.num_classes)
         return F.cross_entropy(logits_of(outputs).float(), batch["y"], label_smoothing=self.label_smoothing)
 
     # ---- evaluation ----
@@ -88,6 +99,9 @@ class ClassificationHead(Head):
         if self.per_class_metrics:
             for name, value in zip(self.class_names, recall.tolist()):
                 metrics[f"acc_{metric_name(name)}"] = value
+        if self.per_class_f1:
+            for name, value in zip(self.class_names, f1.tolist()):
+                metrics[f"f1_{metric_name(name)}"] = value
         return metrics
 
     def on_validation_end(self, split: str, run_dir: Path | None) -> None:
@@ -105,6 +119,17 @@ class ClassificationHead(Head):
         """Self-training: the predicted class index of each sample, and its softmax probability as the confidence."""
         confidence, label = logits_of(outputs).float().softmax(-1).max(-1)
         return label.tolist(), confidence
+
+
+def soft_macro_f1_loss(logits: torch.Tensor, y: torch.Tensor, num_classes: int, eps: float = 1e-7) -> torch.Tensor:
+    """1 - mean over classes of the batch's soft F1 (probabilities in place of hard predictions). A class absent
+    from the batch and never predicted has F1 0/eps = 0 and no gradient."""
+    p = logits.softmax(-1)
+    onehot = F.one_hot(y, num_classes).to(p.dtype)
+    tp = (p * onehot).sum(0)
+    fp = (p * (1 - onehot)).sum(0)
+    fn = ((1 - p) * onehot).sum(0)
+    return 1 - (2 * tp / (2 * tp + fp + fn + eps)).mean()
 
 
 def save_confusion(confusion: torch.Tensor, class_names: Sequence[str], csv_path: Path, png_path: Path,
