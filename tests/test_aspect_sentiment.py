@@ -156,6 +156,22 @@ def test_splits_are_seeded_and_the_unseen_split_holds_only_unseen_views(tmp_path
     assert parts["test"] and all(a.term not in train_views for s in parts["test"] for a in s.aspects)
 
 
+def test_match_flags_on_training_text_come_from_the_other_folds_views(tmp_path):
+    write_contest(tmp_path, 100, seed=0)
+    with open(tmp_path / "Train.csv", "ab") as f:
+        f.write("S_only\t我觉得雪铁龙C5很好。\r\n".encode())
+    with open(tmp_path / "Label.csv", "ab") as f:
+        f.write("S_only\t雪铁龙C5\tpos\r\n".encode())
+    data = BdciAbsa(root=str(tmp_path), min_count=1, val_fraction=0.0, test_fraction=0.0, match_feature=True)
+    data.setup()
+    enc = data.splits["train"].enc
+    flags = {s.id: f.tolist() for s, f in zip(enc.sentences, enc.flags)}
+    assert flags["S_only"] == [1] * 11  # its only View is in no other fold: not marked, as an unseen View would not be
+    assert any(2 in f for f in flags.values())  # the common Views are
+    batch = data.splits["train"].__getitems__([0, 1])
+    assert batch["x"].shape[-1] == 2 and data.info["match_flags"] == 4
+
+
 def test_state_travels_through_torch_load_and_is_reused_before_setup(tmp_path):
     data = contest_data(tmp_path, unlabelled="test", view="lm")
     data.setup()
@@ -303,10 +319,18 @@ def test_predict_writes_label_csv_rows(workdir, trained, tmp_path):
     assert proc.stdout.endswith("SentenceId\tView\tOpinion\n1\t丰田\tneu\n")  # (read in text mode: CRLF as LF)
 
 
-def test_json_lines_train_through_the_same_pipeline(workdir, corpus):
-    cli(workdir, "task=aspect_sentiment", "dataset=absa_jsonl", f"dataset.train={corpus / 'train.jsonl'}", *TINY)
-    results = json.loads((latest_run(workdir, "aspect_sentiment") / "results.json").read_text())
+def test_json_lines_train_through_the_same_pipeline_with_a_self_training_round(workdir, corpus):
+    rng = random.Random(5)
+    (corpus / "more.txt").write_text("".join(toy_sentence(rng)[0] + "\n" for _ in range(60)), encoding="utf-8")
+    cli(workdir, "task=aspect_sentiment", "dataset=absa_jsonl", f"dataset.train={corpus / 'train.jsonl'}", *TINY,
+        "experiment=aspect_sentiment_self_training", f"dataset.unlabelled={corpus / 'more.txt'}",
+        "stages.self_train.trainer.max_epochs=2")
+    run = latest_run(workdir, "aspect_sentiment")
+    results = json.loads((run / "results.json").read_text())
     assert results["test"]["test/f1"] > 0.85, results
+    pseudo = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["data"]["pseudo"]
+    assert pseudo["split"] == "unlabelled" and 10 < len(pseudo["indices"]) <= 60
+    assert all(0 <= a < b and t in (1, 2, 3) for spans in pseudo["labels"] for a, b, t in spans)
 
 
 def test_bad_input_through_the_cli_is_one_line(workdir, tmp_path):

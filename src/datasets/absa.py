@@ -95,6 +95,14 @@ def gold_pairs(s: Sentence) -> list[tuple[str, str]]:
     return list(dict.fromkeys((a.term, a.polarity) for a in s.aspects or []))
 
 
+def match_flags(n: int, matches: list[tuple[int, int]]) -> np.ndarray:
+    flags = np.ones(n, dtype=np.int64)
+    for a, b in matches:
+        flags[a] = 2
+        flags[a + 1 : b] = 3
+    return flags
+
+
 def window_starts(n: int, window: int, stride: int) -> list[int]:
     """Starts of the windows covering n characters: `stride` apart, the last one ending at the text's end."""
     if n <= window:
@@ -105,9 +113,13 @@ def window_starts(n: int, window: int, stride: int) -> list[int]:
 class Encoded:
     """Sentences as id and tag arrays with their windows: what both item views read from."""
 
-    def __init__(self, sentences: list[Sentence], vocab: Vocabulary, window: int, stride: int):
+    def __init__(self, sentences: list[Sentence], vocab: Vocabulary, window: int, stride: int,
+                 matches: list[list[tuple[int, int]]] | None = None):
         self.sentences = sentences
         self.ids = [vocab.encode(s.text).astype(np.int64) for s in sentences]
+        # with `matches`: a second input channel, 1 outside the entity-list matches, 2 on a match's first character,
+        # 3 inside (0 pads)
+        self.flags = None if matches is None else [match_flags(len(s.text), m) for s, m in zip(sentences, matches)]
         self.labelled = all(s.aspects is not None for s in sentences)
         self.tags, self.missing = [], 0
         if self.labelled:
@@ -127,10 +139,14 @@ class Encoded:
         """x, lengths and (labelled) y of the given window rows, padded to the longest."""
         lengths = self.windows[rows, 2]
         width = max(int(lengths.max()) if len(rows) else 0, 1)
-        x = np.zeros((len(rows), width), dtype=np.int64)
+        x = np.zeros((len(rows), width) + (() if self.flags is None else (2,)), dtype=np.int64)
         y = np.full((len(rows), width), IGNORE, dtype=np.int64)
         for r, (i, start, n) in enumerate(self.windows[rows]):
-            x[r, :n] = self.ids[i][start : start + n]
+            if self.flags is None:
+                x[r, :n] = self.ids[i][start : start + n]
+            else:
+                x[r, :n, 0] = self.ids[i][start : start + n]
+                x[r, :n, 1] = self.flags[i][start : start + n]
             if self.labelled:
                 y[r, :n] = self.tags[i][start : start + n]
         out = {"x": torch.from_numpy(x), "lengths": torch.from_numpy(lengths.copy())}
@@ -167,9 +183,8 @@ class SentenceDataset(Dataset):
     pairs) and `gold_unseen` (whether each View is missing from the training Views).
     """
 
-    def __init__(self, enc: Encoded, matcher: EntityMatcher, train_views: frozenset[str]):
-        self.enc, self.train_views = enc, train_views
-        self.matches = [matcher(s.text) for s in enc.sentences]
+    def __init__(self, enc: Encoded, matches: list[list[tuple[int, int]]], train_views: frozenset[str]):
+        self.enc, self.matches, self.train_views = enc, matches, train_views
 
     def __len__(self) -> int:
         return len(self.enc.sentences)
@@ -184,7 +199,7 @@ class SentenceDataset(Dataset):
         width = out["x"].shape[1]
         sentences = [enc.sentences[i] for i in idx.tolist()]
         lengths = np.array([len(s.text) for s in sentences], dtype=np.int64)
-        stitch = np.zeros((len(idx), max(int(lengths.max()) if len(idx) else 0, 1)), dtype=np.int64)
+        stitch = np.zeros((len(idx), max(int(lengths.max()) if len(idx) else 0, 1)), dtype=np.int64)  # (S, L)
         row = 0
         for k, (n, c) in enumerate(zip(lengths, counts)):
             starts = enc.windows[rows[row : row + c], 1]
@@ -231,8 +246,11 @@ class AbsaData(DataModule):
     def __init__(self, view: str = "tag", window: int = 100, stride: int = 50, lm_window: int = 7,
                  min_count: int = 5, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
                  test_views: str = "random", unseen_fraction: float = 0.2, entities: str | None = None,
-                 unlabelled: str | None = None, max_tokens: int | None = None, **loader: Any):
+                 unlabelled: str | None = None, lm_texts: list[str] | None = None, match_feature: bool = False,
+                 match_folds: int = 5, max_tokens: int | None = None, **loader: Any):
         super().__init__(**loader)
+        if match_feature and match_folds < 2:
+            raise UserError(f"dataset.match_folds={match_folds}: needs at least 2 folds")
         if view not in ("lm", "tag"):
             raise UserError(f"dataset.view={view}: must be lm (next-character samples) or tag (character tags)")
         if test_views not in ("random", "unseen"):
@@ -249,6 +267,8 @@ class AbsaData(DataModule):
         self.min_count, self.val_fraction, self.test_fraction = min_count, val_fraction, test_fraction
         self.split_seed, self.test_views, self.unseen_fraction = split_seed, test_views, unseen_fraction
         self.entities_file, self.unlabelled, self.max_tokens = entities, unlabelled, max_tokens
+        self.lm_texts = list(lm_texts or [])
+        self.match_feature, self.match_folds = match_feature, match_folds
         self.vocab: Vocabulary | None = None
         self.train_views: frozenset[str] | None = None
         self.entities: list[str] | None = None
@@ -339,19 +359,41 @@ class AbsaData(DataModule):
         if self.view == "lm":
             for name in ("train", "val", "test"):
                 if name in parts:
-                    splits[name] = NextTokenWindows([self.vocab.encode(s.text) for s in parts[name]],
-                                                    self.lm_window, pad_id=PAD)
+                    texts = [s.text for s in parts[name]]
+                    if name == "train":  # more unlabelled text for the LM only
+                        texts += [s.text for path in self.lm_texts for s in read_new_sentences(path)]
+                    splits[name] = NextTokenWindows([self.vocab.encode(t) for t in texts], self.lm_window, pad_id=PAD)
             return splits
         matcher = EntityMatcher(self.entities)
-        train = parts["train"] + self._pseudo_sentences()
-        splits["train"] = WindowDataset(self._encode(train, "train"))
+        splits["train"] = self._training_split(matcher)
         for name in ("val", "test", "unlabelled"):
             if name in parts:
-                splits[name] = SentenceDataset(self._encode(parts[name], name), matcher, self.train_views)
+                matches = [matcher(s.text) for s in parts[name]]
+                splits[name] = SentenceDataset(self._encode(parts[name], name, matches), matches, self.train_views)
         return splits
 
-    def _encode(self, sentences: list[Sentence], name: str) -> Encoded:
-        enc = Encoded(sentences, self.vocab, self.window, self.stride)
+    def _training_split(self, matcher: EntityMatcher) -> WindowDataset:
+        train, pseudo = self._parts()["train"], self._pseudo_sentences()
+        matches = None
+        if self.match_feature:
+            # The entity list comes from the training labels, so on a training sentence its matches would find every
+            # View: the model would learn to trust them blindly. Each training sentence sees the matches of a list
+            # built from the other folds' Views instead (a list given as a file is outside knowledge: used as is).
+            if self.entities_file:
+                matches = [matcher(s.text) for s in train]
+            else:
+                fold = np.random.default_rng([self.split_seed, 1]).permutation(len(train)) % self.match_folds
+                matches = [None] * len(train)
+                for k in range(self.match_folds):
+                    views = sorted({a.term for s, f in zip(train, fold) if f != k for a in s.aspects or []})
+                    other = EntityMatcher(views)
+                    for i in np.flatnonzero(fold == k).tolist():
+                        matches[i] = other(train[i].text)
+            matches += [matcher(s.text) for s in pseudo]
+        return WindowDataset(self._encode(train + pseudo, "train", matches))
+
+    def _encode(self, sentences: list[Sentence], name: str, matches: list | None = None) -> Encoded:
+        enc = Encoded(sentences, self.vocab, self.window, self.stride, matches if self.match_feature else None)
         if enc.missing:
             total = sum(len(s.aspects or []) for s in sentences)
             log.warning(f"{name}: {enc.missing} of {total} labelled Views do not occur in their sentence's text; "
@@ -378,15 +420,14 @@ class AbsaData(DataModule):
         self.pseudo = {"split": split, "indices": [int(i) for i in indices],
                        "labels": [[[int(a), int(b), int(p)] for a, b, p in spans] for spans in labels]}
         if self._splits is not None and self.view == "tag":
-            self._splits["train"] = WindowDataset(self._encode(self._parts()["train"] + self._pseudo_sentences(),
-                                                               "train"))
+            self._splits["train"] = self._training_split(EntityMatcher(self.entities))
         log.info(f"self-training: {len(indices)} pseudo-labelled sentences of '{split}' added to the training split")
 
     @property
     def info(self) -> dict[str, Any]:
         if self.vocab is None:
             self._splits = self._build_splits()
-        return {"vocab_size": len(self.vocab), "num_tags": NUM_TAGS}
+        return {"vocab_size": len(self.vocab), "num_tags": NUM_TAGS, "match_flags": 4 if self.match_feature else 0}
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"chars": list(self.vocab.chars), "train_views": sorted(self.train_views),
@@ -423,8 +464,9 @@ class AbsaData(DataModule):
         sentences = read_new_sentences(source)
         if not sentences:
             raise UserError(f"{source}: no sentences to tag")
-        return SentenceDataset(Encoded(sentences, self.vocab, self.window, self.stride), EntityMatcher(self.entities),
-                               self.train_views)
+        matcher = EntityMatcher(self.entities)
+        matches = [matcher(s.text) for s in sentences]
+        return SentenceDataset(self._encode(sentences, source, matches), matches, self.train_views)
 
     def write_predictions(self, dataset: SentenceDataset, predictions: list[list[tuple[str, str]]], out) -> None:
         """Label.csv rows (SentenceId, View, Opinion); a sentence with no entity found has no row, as in the

@@ -23,7 +23,8 @@ from trainer.errors import UserError
 class BiGRUTagger(nn.Module):
     def __init__(self, vocab_size: int, num_outputs: int = 5, embedding_dim: int = 64,
                  hidden: Sequence[int] = (64, 32), merge: str = "sum", dropout: float = 0.0,
-                 embedding_dropout: float = 0.0, crf: bool = False, num_tags: int = 4):
+                 embedding_dropout: float = 0.0, crf: bool = False, num_tags: int = 4, match_flags: int = 0,
+                 match_dim: int = 8):
         super().__init__()
         if merge not in ("sum", "concat"):
             raise UserError(f"model.merge={merge}: must be sum (directions added) or concat")
@@ -33,6 +34,10 @@ class BiGRUTagger(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.embedding_dropout = nn.Dropout(embedding_dropout)
         layers, width = [], embedding_dim
+        if match_flags:  # x[..., 1]: where the entity list matches (see trainer.datasets.absa)
+            self.match_embedding = nn.Embedding(match_flags, match_dim, padding_idx=0)
+            width += match_dim
+        self.match_flags = match_flags
         for h in hidden:
             layers.append(nn.GRU(width, h, batch_first=True, bidirectional=True))
             width = h if merge == "sum" else 2 * h
@@ -46,8 +51,16 @@ class BiGRUTagger(nn.Module):
         self.crf, self.num_tags = crf, num_tags
 
     def forward(self, x: torch.Tensor) -> Any:
+        flags = None
+        if x.dim() == 3:
+            x, flags = x[..., 0], x[..., 1]
         lengths = (x != 0).sum(1).clamp(min=1).cpu()
         h = self.embedding_dropout(self.embedding(x))
+        if self.match_flags:
+            if flags is None:
+                raise UserError("model.match_flags is set but the data carries no match flags "
+                                "(dataset.match_feature=true)")
+            h = torch.cat([h, self.match_embedding(flags)], -1)
         for gru in self.grus:
             packed = pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
             out, _ = gru(packed)

@@ -69,9 +69,8 @@ class EntityPolarityTagger(Head):
         em, crf = self._emissions(outputs)
         y = batch["y"]
         if crf:
-            return torch.stack([crf_nll(em[i : i + 1, :, : self.num_tags], y[i : i + 1], batch["lengths"][i : i + 1],
-                                        outputs["transitions"].float(), outputs["start"].float(),
-                                        outputs["end"].float()) for i in range(len(y))]) if len(y) else em.sum(-1)[:, 0]
+            return crf_nll(em[..., : self.num_tags], y, batch["lengths"], outputs["transitions"].float(),
+                           outputs["start"].float(), outputs["end"].float(), reduction="none")
         return F.cross_entropy(em.transpose(1, 2), y, ignore_index=IGNORE, reduction="none").sum(1)
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:

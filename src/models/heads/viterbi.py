@@ -60,8 +60,9 @@ def viterbi(emissions: torch.Tensor, lengths: torch.Tensor, transitions: torch.T
 
 
 def crf_nll(emissions: torch.Tensor, tags: torch.Tensor, lengths: torch.Tensor, transitions: torch.Tensor,
-            start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of the gold paths `tags` (B, T; anything past the length), summed over the batch."""
+            start: torch.Tensor, end: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Negative log-likelihood of the gold paths `tags` (B, T; anything past the length), summed over the batch
+    (`reduction="none"`: one per sequence, (B,))."""
     b, t_max, k = emissions.shape
     emissions = emissions.float()
     tags = tags.clamp(min=0)
@@ -78,4 +79,5 @@ def crf_nll(emissions: torch.Tensor, tags: torch.Tensor, lengths: torch.Tensor, 
         alpha = torch.where(active, nxt, alpha)
     last = tags.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
     gold = gold + end[last]
-    return (torch.logsumexp(alpha + end, dim=-1) - gold).sum()
+    nll = torch.logsumexp(alpha + end, dim=-1) - gold
+    return nll if reduction == "none" else nll.sum()
