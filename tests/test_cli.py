@@ -240,7 +240,7 @@ def test_ctrl_c_outside_a_job_is_one_line_and_a_sweep_keeps_its_summary(monkeypa
     monkeypatch.setattr(cli_module, "_main", interrupted)
     with pytest.raises(SystemExit) as e:
         cli_module.main([])
-    assert e.value.code == 130 and capsys.readouterr().err == "error: interrupted during start-up\n"
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted: during start-up, before the run began\n"
 
     sweep = tmp_path / "sweep"
     (sweep / "0").mkdir(parents=True)
@@ -250,7 +250,7 @@ def test_ctrl_c_outside_a_job_is_one_line_and_a_sweep_keeps_its_summary(monkeypa
     with pytest.raises(SystemExit) as e:
         cli_module.main([])
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert e.value.code == 130 and err.startswith("error: sweep interrupted: the jobs after the last one above")
+    assert e.value.code == 130 and err.startswith("interrupted: the sweep stopped: the jobs after the last one above")
     rows = (sweep / "summary.csv").read_text().splitlines()
     assert rows[1].startswith("0,,ok,0.5") and rows[2].startswith("1,,not run,"), rows
 

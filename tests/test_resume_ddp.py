@@ -141,7 +141,7 @@ def test_ctrl_c_saves_the_current_step_and_resume_matches_an_uninterrupted_run(w
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, rest[-2000:]
     run = (set(run_dirs(workdir)) - before).pop()
-    assert f"error: interrupted; resume with: python -m trainer resume={run}" in rest
+    assert f"interrupted: resume with: python -m trainer resume={run}" in rest
     counters = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["counters"]
     assert counters["epoch"] == 0 and 2 <= counters["batch_in_epoch"] < 8, counters  # inside the first epoch
 
@@ -159,7 +159,7 @@ def test_ctrl_c_before_any_checkpoint_says_there_is_nothing_to_resume(workdir):
             break
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, rest[-2000:]
-    assert "error: interrupted before the first checkpoint was written: nothing to resume" in rest, rest[-2000:]
+    assert "interrupted: before the first checkpoint was written: nothing to resume" in rest, rest[-2000:]
 
 
 def test_ctrl_c_in_a_sweep_still_writes_the_summary_of_the_jobs_so_far(workdir):
@@ -175,9 +175,9 @@ def test_ctrl_c_in_a_sweep_still_writes_the_summary_of_the_jobs_so_far(workdir):
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, rest[-2000:]
     sweep = (set((workdir / "outputs" / "multirun").glob("*")) - before).pop()
-    assert f"error: interrupted; resume with: python -m trainer resume={sweep / '1'}" in rest, rest[-2000:]
-    assert "error: sweep interrupted: the jobs after the last one above did not run" in rest, rest[-2000:]
+    assert f"interrupted: resume with: python -m trainer resume={sweep / '1'}" in rest, rest[-2000:]
+    assert "interrupted: the sweep stopped: the jobs after the last one above did not run" in rest, rest[-2000:]
     assert (sweep / "multirun.yaml").is_file()  # which the message points to
     rows = (sweep / "summary.csv").read_text().splitlines()  # header, job 0, job 1
-    assert len(rows) == 3 and ",ok," in rows[1] and ",failed," in rows[2] and "interrupted" in rows[2], rows
+    assert len(rows) == 3 and ",ok," in rows[1] and ",interrupted," in rows[2], rows
     assert not (sweep / "2").exists()

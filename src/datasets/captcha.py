@@ -17,6 +17,8 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import shutil
+import signal
 import string
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from trainer.errors import UserError
+from trainer.progress import Activity
 
 from .base import ArrayDataset, DataModule, SequentialBatches, image_inputs
 
@@ -58,12 +61,13 @@ _generators: dict[tuple[int, int], Any] = {}
 
 
 def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
-           size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
-    """One captcha rendered at width x height, optionally resized to size=(w, h): (grey uint8 (h, w), label)."""
+           size: tuple[int, int] | None = None, alphabet: str = ALPHABET) -> tuple[np.ndarray, str]:
+    """One captcha rendered at width x height, optionally resized to size=(w, h): (grey uint8 (h, w), label).
+    Its characters are drawn from `alphabet` and the upper case of its letters; the label is lower case."""
     import captcha.image as cimg
 
     rng = random.Random(seed)
-    text = "".join(rng.choice(string.ascii_letters) for _ in range(length))
+    text = "".join(rng.choice(drawn_from(alphabet)) for _ in range(length))
     gen = _generators.get((width, height))
     if gen is None:
         gen = _generators[(width, height)] = cimg.ImageCaptcha(width=width, height=height)
@@ -79,68 +83,189 @@ def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
     return np.asarray(image), text.lower()
 
 
-def encode(label: str) -> np.ndarray:
-    return np.array([ALPHABET.index(c) for c in label], dtype=np.int64)
+def drawn_from(alphabet: str) -> str:
+    """The characters a captcha is drawn from: the alphabet, then the upper case of its letters (for the default
+    alphabet, string.ascii_letters: the renders stay as they were before the alphabet was configurable)."""
+    return alphabet + "".join(c.upper() for c in alphabet if c.upper() != c)
 
 
-def _render_chunk(args: tuple) -> tuple[np.ndarray, np.ndarray]:
-    split_seed, start, stop, length, width, height, render_size = args
+def encode(label: str, alphabet: str = ALPHABET) -> np.ndarray:
+    return np.array([alphabet.index(c) for c in label], dtype=np.int64)
+
+
+def check_alphabet(alphabet: str) -> str:
+    alphabet = str(alphabet)
+    if len(alphabet) < 2 or len(set(alphabet)) != len(alphabet) or alphabet != alphabet.lower():
+        raise UserError(f"dataset.alphabet='{alphabet}' must list two or more lower-case characters, each once "
+                        "(labels are case-insensitive), e.g. abcdefghijklmnopqrstuvwxyz0123456789")
+    return alphabet
+
+
+def _render_chunk(args: tuple) -> tuple[int, int, np.ndarray, np.ndarray]:
+    split_seed, start, stop, length, width, height, render_size, alphabet = args
     images = np.empty((stop - start, height, width), dtype=np.uint8)
     labels = np.empty((stop - start, length), dtype=np.int64)
     for j, i in enumerate(range(start, stop)):
-        image, text = render(_seed(split_seed, i), length, *render_size, size=(width, height))
-        images[j], labels[j] = image, encode(text)
-    return images, labels
+        image, text = render(_seed(split_seed, i), length, *render_size, size=(width, height), alphabet=alphabet)
+        images[j], labels[j] = image, encode(text, alphabet)
+    return start, stop, images, labels
 
 
 def _seed(split_seed: int, index: int) -> int:
     return split_seed * 10_000_019 + index
 
 
-def render_split(split_seed: int, n: int, length: int, width: int, height: int, render_size: tuple[int, int],
-                 workers: int) -> dict[str, np.ndarray]:
-    chunk = 500
-    jobs = [(split_seed, s, min(s + chunk, n), length, width, height, render_size) for s in range(0, n, chunk)]
-    t0 = time.monotonic()
-    if workers > 1 and len(jobs) > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_render_chunk, jobs, chunksize=1)
-    else:
-        parts = [_render_chunk(j) for j in jobs]
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    log.info(f"rendered {n:,} captchas in {time.monotonic() - t0:.0f}s with {workers} process(es)")
-    return {"x": images[:, None], "y": labels}
+def _quiet_worker() -> None:
+    """A render process leaves Ctrl-C to its parent (which stops the pool and keeps what was rendered) and dies
+    quietly when the pool is terminated: no traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+#: Samples per render job and per part file of a cache being rendered (a few seconds of one core's work).
+CHUNK = 500
+
+
+def _cache_key(split_seed: int, n: int | str, length: int, width: int, height: int,
+               render_size: tuple[int, int], alphabet: str = ALPHABET) -> str:
+    key = f"v{RENDER_VERSION}-seed{split_seed}-n{n}-len{length}-{width}x{height}-from{render_size[0]}x{render_size[1]}"
+    if alphabet != ALPHABET:  # (the default's caches keep the names they had)
+        key += f"-abc{hashlib.sha1(alphabet.encode()).hexdigest()[:6]}"
+    return key
+
+
+def _cache_files(cache_dir: Path, key: str) -> dict[str, Path]:
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    base = Path(cache_dir) / "captcha" / f"{key}-{digest}"
+    return {name: base.with_name(base.name + f".{name}.npy") for name in ("x", "y")}
+
+
+def _load(files: dict[str, Path], n: int) -> dict[str, np.ndarray] | None:
+    """The first `n` samples of a finished cache (memory-mapped), or None when it is not there or unreadable."""
+    if not all(f.is_file() for f in files.values()):
+        return None
+    try:
+        arrays = {name: np.load(f, mmap_mode="r") for name, f in files.items()}
+    except (ValueError, OSError):
+        return None
+    if len(arrays["x"]) < n or len(arrays["y"]) < n:
+        return None
+    return {name: a[:n] for name, a in arrays.items()}
+
+
+def _larger_cache(cache_dir: Path, split_seed: int, n: int, length: int, width: int, height: int,
+                  render_size: tuple[int, int], alphabet: str = ALPHABET) -> dict[str, np.ndarray] | None:
+    """A finished cache of the same captchas with more samples: sample i is a pure function of (seed, i), so the
+    first n of a larger split are this split (a debug run after a full one renders nothing)."""
+    pattern = _cache_key(split_seed, "*", length, width, height, render_size, alphabet) + "-*.x.npy"
+    sizes = []
+    for path in (Path(cache_dir) / "captcha").glob(pattern):
+        try:
+            sizes.append(int(path.name.split("-n", 1)[1].split("-", 1)[0]))
+        except ValueError:
+            continue
+    for size in sorted(s for s in sizes if s > n):
+        arrays = _load(_cache_files(cache_dir, _cache_key(split_seed, size, length, width, height, render_size,
+                                                          alphabet)), n)
+        if arrays is not None:
+            return arrays
+    return None
 
 
 def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: int, height: int,
-                 render_size: tuple[int, int], workers: int) -> dict[str, np.ndarray]:
-    """Render once and memory-map afterwards. The file name carries every parameter that changes the pixels."""
-    key = f"v{RENDER_VERSION}-seed{split_seed}-n{n}-len{length}-{width}x{height}-from{render_size[0]}x{render_size[1]}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-    base = Path(cache_dir) / "captcha" / f"{key}-{digest}"
-    files = {name: base.with_name(base.name + f".{name}.npy") for name in ("x", "y")}
-    if all(f.is_file() for f in files.values()):
-        try:
-            arrays = {name: np.load(f, mmap_mode="r") for name, f in files.items()}
-            if len(arrays["x"]) == n and len(arrays["y"]) == n:
-                return arrays
-        except (ValueError, OSError):
-            pass
-        log.warning(f"captcha cache {base} is unreadable; rendering it again")
+                 render_size: tuple[int, int], workers: int, what: str = "captchas",
+                 alphabet: str = ALPHABET) -> dict[str, np.ndarray]:
+    """Render once and memory-map afterwards. The file name carries every parameter that changes the pixels.
+
+    Rendering goes into part files of CHUNK samples under `<cache>.parts/`, one per finished job, with a progress
+    display (count, rate, ETA); they are joined into the cache file at the end. A Ctrl-C stops it with one line and
+    keeps the parts, so the next run renders only what is missing."""
+    key = _cache_key(split_seed, n, length, width, height, render_size, alphabet)
+    files = _cache_files(cache_dir, key)
+    arrays = _load(files, n)
+    if arrays is not None:
+        return arrays
+    if files["x"].is_file():
+        log.warning(f"captcha cache {files['x']} is unreadable; rendering it again")
+    else:
+        arrays = _larger_cache(cache_dir, split_seed, n, length, width, height, render_size, alphabet)
+        if arrays is not None:
+            return arrays
+    parts = files["x"].with_name(files["x"].name.removesuffix(".x.npy") + ".parts")
     try:  # before minutes of rendering, not after
-        base.parent.mkdir(parents=True, exist_ok=True)
+        parts.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the captcha cache in {base.parent}: {e.strerror}; set paths.cache_dir to a "
+        raise UserError(f"cannot create the captcha cache in {parts.parent}: {e.strerror}; set paths.cache_dir to a "
                         "writable folder, or dataset.cache=false to render on the fly") from None
-    log.info(f"rendering {n:,} captchas (seed {split_seed}) into {base.parent}; later runs reuse them")
-    arrays = render_split(split_seed, n, length, width, height, render_size, workers)
+    chunks = [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
+    todo = [(a, b) for a, b in chunks if not _part(parts, a, b).is_file()]
+    kept = n - sum(b - a for a, b in todo)
+    workers = min(workers, len(todo)) if workers > 1 and len(todo) > 1 else 1
+    if todo:
+        log.info(f"rendering {n - kept:,} {what} (seed {split_seed}) into {parts.parent} with {workers} process(es)"
+                 + (f"; {kept:,} were rendered before" if kept else "") + "; later runs reuse them")
+        _render_parts(parts, todo, (split_seed, length, width, height, render_size, alphabet), workers, n, kept, what)
+    _join_parts(parts, chunks, files, n, length, height, width)
+    return _load(files, n)
+
+
+def _part(parts: Path, start: int, stop: int) -> Path:
+    return parts / f"{start:09d}-{stop:09d}.npz"
+
+
+def _render_parts(parts: Path, todo: list[tuple[int, int]], spec: tuple, workers: int, n: int, kept: int,
+                  what: str) -> None:
+    split_seed, length, width, height, render_size, alphabet = spec
+    jobs = [(split_seed, a, b, length, width, height, render_size, alphabet) for a, b in todo]
+    t0 = time.monotonic()
+    with Activity(f"rendering {what}", n, unit=f"{what}", start=kept) as shown:
+        try:
+            if workers > 1:
+                with mp.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
+                    for result in pool.imap_unordered(_render_chunk, jobs, chunksize=1):
+                        _write_part(parts, *result)
+                        shown.advance(result[1] - result[0])
+            else:
+                for job in jobs:
+                    result = _render_chunk(job)
+                    _write_part(parts, *result)
+                    shown.advance(result[1] - result[0])
+        except KeyboardInterrupt:
+            have = sum(b - a for a, b in (_span(p) for p in parts.glob("*.npz")))
+            raise KeyboardInterrupt(f"rendering stopped; the {have:,} of {n:,} {what} rendered so far are kept in "
+                                    f"{parts} and the next run continues from there") from None
+    done = sum(b - a for a, b in todo)
+    log.info(f"rendered {done:,} {what} in {time.monotonic() - t0:.0f}s "
+             f"({done / max(time.monotonic() - t0, 1e-9):,.0f}/s, {workers} process(es))")
+
+
+def _span(path: Path) -> tuple[int, int]:
+    a, b = path.stem.split("-")
+    return int(a), int(b)
+
+
+def _write_part(parts: Path, start: int, stop: int, images: np.ndarray, labels: np.ndarray) -> None:
+    path = _part(parts, start, stop)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, x=images, y=labels)
+    os.replace(tmp, path)
+
+
+def _join_parts(parts: Path, chunks: list[tuple[int, int]], files: dict[str, Path], n: int, length: int,
+                height: int, width: int) -> None:
+    """The part files, in order, into the memory-mappable cache files (written aside, then renamed)."""
+    tmp = {name: f.with_name(f".{f.name}.tmp{os.getpid()}") for name, f in files.items()}
+    x = np.lib.format.open_memmap(tmp["x"], mode="w+", dtype=np.uint8, shape=(n, 1, height, width))
+    y = np.lib.format.open_memmap(tmp["y"], mode="w+", dtype=np.int64, shape=(n, length))
+    for a, b in chunks:
+        with np.load(_part(parts, a, b)) as part:
+            x[a:b, 0], y[a:b] = part["x"], part["y"]
+    x.flush(), y.flush()
+    del x, y
     for name, f in files.items():
-        tmp = f.with_name(f".{f.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            np.save(fh, arrays[name])
-        os.replace(tmp, f)
-    return {name: np.load(f, mmap_mode="r") for name, f in files.items()}
+        os.replace(tmp[name], f)
+    shutil.rmtree(parts, ignore_errors=True)
 
 
 def _to_float(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -> dict[str, torch.Tensor]:
@@ -152,16 +277,17 @@ class _OnTheFly(torch.utils.data.Dataset):
     """Renders in DataLoader workers instead of caching; with fresh_each_epoch, every epoch sees new captchas."""
 
     def __init__(self, split_seed: int, n: int, length: int, width: int, height: int, render_size: tuple[int, int],
-                 fresh_each_epoch: bool):
+                 fresh_each_epoch: bool, alphabet: str = ALPHABET):
         self.split_seed, self.n, self.length, self.width, self.height = split_seed, n, length, width, height
-        self.render_size, self.fresh = render_size, fresh_each_epoch
+        self.render_size, self.fresh, self.alphabet = render_size, fresh_each_epoch, alphabet
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, text = render(_seed(self.split_seed, index), self.length, *self.render_size, size=(self.width, self.height))
-        return {"x": torch.tensor(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text))}
+        image, text = render(_seed(self.split_seed, index), self.length, *self.render_size, size=(self.width, self.height),
+                             alphabet=self.alphabet)
+        return {"x": torch.tensor(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text, self.alphabet))}
 
 
 class CaptchaData(DataModule):
@@ -182,19 +308,31 @@ class CaptchaData(DataModule):
         cache_dir: str = "data/cache",
         fresh_each_epoch: bool = False,
         render_workers: int = 0,
+        alphabet: str = ALPHABET,
         **loader: Any,
     ):
         super().__init__(**loader)
+        self.alphabet = check_alphabet(alphabet)
         self.length, self.width, self.height = length, width, height
         self.render_size = (render_width, render_height)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.cache, self.cache_dir, self.fresh = cache, Path(cache_dir), fresh_each_epoch
         self.render_workers = render_workers or max(os.cpu_count() or 1, 1)
 
+    def limit_samples(self, limits: dict[str, int]) -> None:
+        """Render no more of a split than the trainer will read (debug presets: a few batches, not 212k captchas).
+        Sample i is the same captcha in a split of any size, so the limited splits are the first samples of the
+        full ones (read from a full cache when there is one)."""
+        cut = {split: n for split, n in limits.items() if split in self.sizes and 0 < n < self.sizes[split]}
+        if cut:
+            log.info("captchas limited to what this run reads: " + ", ".join(
+                f"{split} {cut[split]:,} of {n:,}" for split, n in self.sizes.items() if split in cut))
+            self.sizes.update(cut)
+
     @property
     def info(self) -> dict[str, Any]:
-        return {"num_classes": len(ALPHABET), "length": self.length, "in_channels": 1,
-                "height": self.height, "width": self.width, "alphabet": ALPHABET}
+        return {"num_classes": len(self.alphabet), "length": self.length, "in_channels": 1,
+                "height": self.height, "width": self.width, "alphabet": self.alphabet}
 
     def setup(self, stage: str = "fit") -> None:
         if stage == "predict":  # the alphabet and image size are config: nothing to render
@@ -207,11 +345,13 @@ class CaptchaData(DataModule):
             lazy_train = split == "train" and (self.fresh or stage == "eval")
             if self.cache and not lazy_train:
                 arrays = cached_split(self.cache_dir, seed, n, self.length, self.width, self.height,
-                                      self.render_size, self.render_workers)
+                                      self.render_size, self.render_workers, what=f"{split} captchas",
+                                      alphabet=self.alphabet)
                 self.splits[split] = ArrayDataset(arrays, transform=_to_float)
             else:
                 self.splits[split] = _OnTheFly(seed, n, self.length, self.width, self.height, self.render_size,
-                                               fresh_each_epoch=split == "train" and self.fresh)
+                                               fresh_each_epoch=split == "train" and self.fresh,
+                                               alphabet=self.alphabet)
 
     def plan(self, split: str, train: bool):
         if train and self.fresh:  # an endless stream: epoch e renders indices [e*n, (e+1)*n)
@@ -219,7 +359,8 @@ class CaptchaData(DataModule):
         return super().plan(split, train)
 
     def predict_dataset(self, source: str):
-        return read_folder(Path(source), self.length, self.width, self.height, require_labels=False)[1]
+        return read_folder(Path(source), self.length, self.width, self.height, require_labels=False,
+                           alphabet=self.alphabet)[1]
 
     def write_predictions(self, dataset, predictions, out) -> None:
         for path, text in zip(dataset.paths, predictions):
@@ -227,8 +368,10 @@ class CaptchaData(DataModule):
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: list[Path], labels: list[str] | None, width: int, height: int, length: int):
+    def __init__(self, paths: list[Path], labels: list[str] | None, width: int, height: int, length: int,
+                 alphabet: str = ALPHABET):
         self.paths, self.labels, self.width, self.height, self.length = paths, labels, width, height, length
+        self.alphabet = alphabet
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -242,22 +385,26 @@ class _ImageFiles(torch.utils.data.Dataset):
             raise UserError(f"cannot decode image {path}: {e}; remove or replace the file") from None
         sample = {"x": torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None], "index": index}
         if self.labels is not None:
-            sample["y"] = torch.from_numpy(encode(self.labels[index]))
+            sample["y"] = torch.from_numpy(encode(self.labels[index], self.alphabet))
         return sample
 
 
-def read_folder(folder: Path, length: int, width: int, height: int, require_labels: bool = True):
+def read_folder(folder: Path, length: int, width: int, height: int, require_labels: bool = True,
+                alphabet: str = ALPHABET):
     files = image_inputs(folder, f"captcha folder not found: {folder}")
     labels = None
     if require_labels:
         labels = []
         for p in files:
             label = p.stem.split("_")[0].lower()
-            if len(label) != length or any(c not in ALPHABET for c in label):
-                raise UserError(f"{p}: the file name must be the {length}-letter label (e.g. abcd.png or "
-                                f"abcd_17.png), got '{p.stem}'")
+            if len(label) != length or any(c not in alphabet for c in label):
+                example = (alphabet * length)[:length]
+                bad = "".join(sorted({c for c in label if c not in alphabet}))
+                raise UserError(f"{p}: the file name must be the {length}-letter label, in characters of "
+                                f"dataset.alphabet='{alphabet}' (e.g. {example}.png or {example}_17.png), got "
+                                f"'{p.stem}'" + (f" (not in the alphabet: {bad})" if bad else ""))
             labels.append(label)
-    return files, _ImageFiles(files, labels, width, height, length)
+    return files, _ImageFiles(files, labels, width, height, length, alphabet)
 
 
 class CaptchaFolder(CaptchaData):
@@ -276,13 +423,14 @@ class CaptchaFolder(CaptchaData):
         subdirs = [s for s in ("train", "val", "test") if (self.root / s).is_dir()]
         if "train" in subdirs:
             for split in subdirs:
-                self.splits[split] = read_folder(self.root / split, self.length, self.width, self.height)[1]
+                self.splits[split] = read_folder(self.root / split, self.length, self.width, self.height,
+                                                 alphabet=self.alphabet)[1]
             return
-        files, full = read_folder(self.root, self.length, self.width, self.height)
+        files, full = read_folder(self.root, self.length, self.width, self.height, alphabet=self.alphabet)
         order = np.random.default_rng(self.seed).permutation(len(files))
         n_val, n_test = int(len(files) * self.val_fraction), int(len(files) * self.test_fraction)
         parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
         for split, idx in parts.items():
             if len(idx):
                 self.splits[split] = _ImageFiles([files[i] for i in idx], [full.labels[i] for i in idx],
-                                                 self.width, self.height, self.length)
+                                                 self.width, self.height, self.length, self.alphabet)

@@ -15,6 +15,10 @@ train/validation gap.
 
 Everything is held in memory (47 MB) and served a batch at a time by ArrayDataset; augmentation is a vectorised
 batch transform whose randomness comes from (seed, epoch, sample index), see image_augment.py.
+
+Nothing here is Fashion-MNIST's alone except the defaults: another dataset in the same four IDX files of 28x28 images
+(MNIST, Kuzushiji-MNIST) is a YAML file that sets `classes`, `mean`/`std`, `name` and, for its torchvision layout
+and downloader, `torchvision_name` (conf/dataset/mnist.yaml).
 """
 from __future__ import annotations
 
@@ -37,13 +41,16 @@ from .base import IMAGE_SUFFIXES, ArrayDataset, ClassifiedData, image_inputs, pe
 log = logging.getLogger("trainer")
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+#: The datasets in torchvision's MNIST family whose four IDX files this reader takes (`torchvision_name`: the folder
+#: torchvision keeps them in, root/<name>/raw, and its downloader).
+TORCHVISION_IDX = ("FashionMNIST", "MNIST", "KMNIST")
 FILES = {
     ("train", "x"): "train-images-idx3-ubyte",
     ("train", "y"): "train-labels-idx1-ubyte",
     ("test", "x"): "t10k-images-idx3-ubyte",
     ("test", "y"): "t10k-labels-idx1-ubyte",
 }
-MEAN, STD = 0.2860, 0.3530  # of the 60k training images, scaled to [0, 1]
+MEAN, STD = 0.2860, 0.3530  # of Fashion-MNIST's 60k training images, scaled to [0, 1]
 # ---- the IDX format ----------------------------------------------------------------------------------------------
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file of unsigned bytes (gzipped or not) as an array of the shape its header gives."""
@@ -67,47 +74,53 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
-def find_file(root: Path, stem: str) -> Path | None:
-    for folder in (root, root / "FashionMNIST" / "raw", root / "raw"):
+def find_file(root: Path, stem: str, torchvision_name: str = "FashionMNIST") -> Path | None:
+    for folder in (root, root / torchvision_name / "raw", root / "raw"):
         for name in (stem + ".gz", stem):
             if (folder / name).is_file():
                 return folder / name
     return None
 
 
-def download(root: Path) -> None:
-    """torchvision's FashionMNIST downloader (mirrors and checksums are its own); files land in root/FashionMNIST/raw."""
-    from torchvision.datasets import FashionMNIST
+def download(root: Path, torchvision_name: str = "FashionMNIST", name: str = "Fashion-MNIST") -> None:
+    """torchvision's downloader of the dataset (mirrors and checksums are its own); files land in
+    root/<torchvision_name>/raw."""
+    import torchvision.datasets
 
+    if torchvision_name not in TORCHVISION_IDX:
+        raise UserError(f"dataset.torchvision_name={torchvision_name} is not one of {', '.join(TORCHVISION_IDX)}, "
+                        "whose files this reader takes; copy the four IDX files into dataset.root instead")
     try:
         for train in (True, False):
-            FashionMNIST(str(root), train=train, download=True)
+            getattr(torchvision.datasets, torchvision_name)(str(root), train=train, download=True)
     except Exception as e:
-        raise UserError(f"cannot download Fashion-MNIST into {root}: {type(e).__name__}: {str(e)[:200]}; copy the "
+        raise UserError(f"cannot download {name} into {root}: {type(e).__name__}: {str(e)[:200]}; copy the "
                         f"four IDX .gz files there instead") from None
 
 
-def load_arrays(root: Path, allow_download: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train": (images (60000, 28, 28) uint8, labels (60000,) int64), "test": ...}."""
-    paths = {key: find_file(root, stem) for key, stem in FILES.items()}
+def load_arrays(root: Path, allow_download: bool, classes: int = len(CLASSES), torchvision_name: str = "FashionMNIST",
+                name: str = "Fashion-MNIST") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train": (images (60000, 28, 28) uint8, labels (60000,) int64), "test": ...}; labels below `classes`."""
+    paths = {key: find_file(root, stem, torchvision_name) for key, stem in FILES.items()}
     if any(p is None for p in paths.values()) and allow_download:
-        download(root)
-        paths = {key: find_file(root, stem) for key, stem in FILES.items()}
+        download(root, torchvision_name, name)
+        paths = {key: find_file(root, stem, torchvision_name) for key, stem in FILES.items()}
     missing = [FILES[k] for k, p in paths.items() if p is None]
     if missing:
-        raise UserError(f"Fashion-MNIST file {missing[0]}[.gz] not found in {root} (nor in {root}/FashionMNIST/raw); "
+        raise UserError(f"{name} file {missing[0]}[.gz] not found in {root} (nor in {root}/{torchvision_name}/raw); "
                         f"set dataset.root to the folder of the four IDX files, or dataset.download=true")
     out = {}
     for split in ("train", "test"):
         images, labels = read_idx(paths[(split, "x")]), read_idx(paths[(split, "y")])
         if images.ndim == 3 and images.shape[1:] != (28, 28):
-            raise UserError(f"{paths[(split, 'x')]} holds {images.shape[1]}x{images.shape[2]} images; Fashion-MNIST's "
-                            "are 28x28")
+            raise UserError(f"{paths[(split, 'x')]} holds {images.shape[1]}x{images.shape[2]} images; {name}'s are "
+                            "28x28, the only size this reader takes")
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise UserError(f"{paths[(split, 'x')]} and {paths[(split, 'y')]} do not match: images "
                             f"{images.shape}, labels {labels.shape}; expected (N, 28, 28) images and N labels")
-        if labels.size and labels.max() >= len(CLASSES):
-            raise UserError(f"{paths[(split, 'y')]} has label {labels.max()}; Fashion-MNIST has {len(CLASSES)} classes")
+        if labels.size and labels.max() >= classes:
+            raise UserError(f"{paths[(split, 'y')]} has label {labels.max()}, but dataset.classes names {classes} "
+                            f"classes (labels 0..{classes - 1}); give every class a name")
         out[split] = (images, labels.astype(np.int64))
     return out
 
@@ -131,9 +144,20 @@ class FashionMNISTData(ClassifiedData):
         erase: float = 0.0,
         erase_scale: tuple[float, float] = (0.02, 0.25),
         erase_ratio: tuple[float, float] = (0.3, 3.3),
+        classes: list[str] | None = None,
+        mean: float = MEAN,
+        std: float = STD,
+        name: str = "Fashion-MNIST",
+        torchvision_name: str = "FashionMNIST",
         **loader: Any,
     ):
         super().__init__(**loader)
+        classes = list(CLASSES if classes is None else classes)
+        if len(classes) < 2 or len(set(map(str, classes))) != len(classes):
+            raise UserError(f"dataset.classes must name two or more classes, each once (label i is classes[i]); got "
+                            f"{classes}")
+        if not std > 0:
+            raise UserError(f"dataset.std={std} must be > 0")
         if pad_mode not in ("constant", "reflect", "replicate"):
             raise UserError(f"dataset.pad_mode='{pad_mode}' is not one of constant, reflect, replicate")
         for key, value in (("hflip", hflip), ("erase", erase)):
@@ -146,7 +170,8 @@ class FashionMNISTData(ClassifiedData):
         self.train_eval_size, self.normalize = train_eval_size, normalize
         self.hflip, self.pad, self.pad_mode = hflip, pad, pad_mode
         self.erase, self.erase_scale, self.erase_ratio = erase, tuple(erase_scale), tuple(erase_ratio)
-        self.class_names = list(CLASSES)
+        self.class_names = [str(c) for c in classes]
+        self.mean, self.std, self.name, self.torchvision_name = float(mean), float(std), name, torchvision_name
 
     @property
     def info(self) -> dict[str, Any]:
@@ -154,9 +179,9 @@ class FashionMNISTData(ClassifiedData):
                 "height": 28, "width": 28, "input_shape": [1, 28, 28]}
 
     def setup(self, stage: str = "fit") -> None:
-        if stage == "predict":  # the class names are fixed (and in the checkpoint): no IDX file needed
+        if stage == "predict":  # the class names are config (and in the checkpoint): no IDX file needed
             return
-        arrays = load_arrays(self.root, self.download)
+        arrays = load_arrays(self.root, self.download, len(self.class_names), self.torchvision_name, self.name)
         images, labels = arrays["train"]
         n = len(images)
         if not 0 <= self.val_size < n:
@@ -174,7 +199,7 @@ class FashionMNISTData(ClassifiedData):
             if len(idx):
                 self.splits[split] = self._dataset(images[idx], labels[idx], train=split == "train")
         self.splits["test"] = self._dataset(*arrays["test"], train=False)
-        log.info(f"Fashion-MNIST from {self.root}: " + ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items()))
+        log.info(f"{self.name} from {self.root}: " + ", ".join(f"{k} {len(v):,}" for k, v in self.splits.items()))
 
     def _dataset(self, images: np.ndarray, labels: np.ndarray | None, train: bool) -> ArrayDataset:
         arrays = {"x": np.ascontiguousarray(images[:, None])}
@@ -187,7 +212,7 @@ class FashionMNISTData(ClassifiedData):
         return x.float().div_(255.0)
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x.sub_(MEAN).div_(STD) if self.normalize else x
+        return x.sub_(self.mean).div_(self.std) if self.normalize else x
 
     def eval_transform(self, batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -> dict[str, torch.Tensor]:
         batch["x"] = self._normalize(self._to_float(batch["x"]))

@@ -91,17 +91,135 @@ def print_help() -> None:
           "       python -m trainer resume=RUN_DIR                       resume a killed run\n"
           "       python -m trainer task=NAME mode=eval ckpt=PATH [split=test]\n"
           "       python -m trainer task=NAME mode=predict ckpt=PATH input=PATH|- [output=PATH|-]\n")
-    print("tasks (task=NAME):")
-    for path in sorted((conf / "task").glob("*.yaml")):
-        print(f"  {path.stem:<20} {_describe(path)}")
-    print("\nconfig groups (GROUP=OPTION; * marks the default, which a task may change):")
     defaults = _root_defaults()
+    print("tasks (task=NAME; * marks the default, what `python -m trainer` alone runs):")
+    for path in sorted((conf / "task").glob("*.yaml")):
+        name = f"{path.stem}*" if path.stem == defaults.get("task") else path.stem
+        print(f"  {name:<20} {_describe(path)}")
+    print("\nconfig groups (GROUP=OPTION; * marks the default, which a task may change):")
     for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in ("task", "hydra")):
         options = [f"{p.stem}*" if p.stem == defaults.get(group.name) else p.stem
                    for p in sorted(group.glob("*.yaml"))]
         print(f"  {group.name:<10} {', '.join(options)}")
-    print("\nany value: KEY=VALUE (optim.lr=3e-4 trainer.max_epochs=5); show the composed config: --cfg job;\n"
-          "Hydra's own flags: --hydra-help")
+    print("\nany value: KEY=VALUE (optim.lr=3e-4 trainer.max_epochs=5); show the composed config: --cfg job\n"
+          "(--cfg job --resolve: with every value filled in); list the runs under outputs/: python -m trainer runs;\n"
+          "the version: --version; Hydra's own flags: --hydra-help")
+
+
+def version_line() -> str:
+    """The project's version (the installed distribution's, or pyproject.toml's in a checkout that is not
+    installed), with the versions of what it runs on; imports nothing heavy."""
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    ours = version("stagefit")
+    if ours == "not installed":
+        pyproject = CONF_DIR.parent.parent / "pyproject.toml"  # (conf/ sits beside it in a checkout)
+        for line in pyproject.read_text().splitlines() if pyproject.is_file() else []:
+            if line.startswith("version"):
+                ours = line.split("=", 1)[1].strip().strip('"') + " (checkout)"
+                break
+    return (f"trainer (stagefit) {ours}; torch {version('torch')}, torchvision {version('torchvision')}, "
+            f"hydra-core {version('hydra-core')}, python {sys.version.split()[0]}")
+
+
+def print_resolved(flags: list[str], overrides: list[str]) -> None:
+    """`--cfg job|hydra|all --resolve [--package KEY]`: the composed config with every interpolation filled in,
+    except `${data_info.*}` (the DataModule's facts, known only once the data is read), which stay as written and are
+    listed in a comment. Creates no run folder."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from .errors import UserError
+
+    def value_of(*names: str) -> str | None:
+        for i, flag in enumerate(flags[:-1]):
+            if flag in names:
+                return flags[i + 1]
+        return None
+
+    which = value_of("--cfg", "-c") or "job"
+    if which not in ("job", "hydra", "all"):
+        raise UserError(f"--cfg {which}: give --cfg job, --cfg hydra or --cfg all")
+    os.environ.setdefault("TRAINER_RUN_STAMP", time.strftime("%Y-%m-%d_%H-%M-%S"))  # resolving makes no folder
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    if which == "job":
+        with open_struct_off(cfg):
+            del cfg["hydra"]
+    left: list[str] = []
+    out = _resolved(cfg, "", left)
+    if which == "hydra":
+        out, left = {"hydra": out["hydra"]}, [k for k in left if k.startswith("hydra.")]
+    package = value_of("--package", "-p")
+    if package:
+        out = OmegaConf.select(OmegaConf.create(out), package)
+        if out is None:
+            raise UserError(f"--package {package}: no such key in the config")
+        out = OmegaConf.to_container(out) if OmegaConf.is_config(out) else out
+        shown = OmegaConf.to_yaml(OmegaConf.select(cfg, package, throw_on_resolution_failure=False) or {},
+                                  resolve=False) if OmegaConf.is_config(OmegaConf.select(
+                                      cfg, package, throw_on_resolution_failure=False)) else ""
+        left = [k for k in left if k.startswith(f"{package}.") or f"${{{k}}}" in shown]
+    text = OmegaConf.to_yaml(out) if isinstance(out, (dict, list)) else f"{out}\n"
+    if left:
+        text = (f"# left as written, known only as the run starts (data_info: once the data is read; the run "
+                f"folder's config.yaml has them): {', '.join(left)}\n") + text
+    print(text, end="")
+
+
+@contextlib.contextmanager
+def open_struct_off(cfg):
+    from omegaconf import OmegaConf
+
+    OmegaConf.set_struct(cfg, False)
+    try:
+        yield
+    finally:
+        OmegaConf.set_struct(cfg, True)
+
+
+def _resolved(node, path: str, left: list[str]):
+    """A plain copy of `node` with each interpolation resolved where it can be, else kept as written."""
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(node, DictConfig):
+        keys = list(node.keys())
+        items = [(k, f"{path}.{k}" if path else str(k)) for k in keys]
+    elif isinstance(node, ListConfig):
+        items = [(i, f"{path}[{i}]") for i in range(len(node))]
+    else:
+        return node
+    out: dict | list = {} if isinstance(node, DictConfig) else []
+    for key, where in items:
+        try:
+            value = node[key]
+            value = _resolved(value, where, left)
+        except OmegaConfBaseException:
+            value = node._get_node(key)._value()  # the text as written: ${data_info.num_classes}
+            if not str(value).startswith("${data_info."):
+                left.append(where)
+            else:
+                left.append(str(value)[2:-1])
+        except Exception:  # noqa: BLE001 - a resolver that cannot run here (a missing runtime value)
+            value = node._get_node(key)._value()
+            left.append(where)
+        if isinstance(out, dict):
+            out[key] = value
+        else:
+            out.append(value)
+    return out
 
 
 def _root_defaults() -> dict[str, str]:
@@ -182,10 +300,15 @@ def validate(overrides: list[str], multirun: bool, untrusted: str | None = None)
 def _check_output_dir(path: str) -> None:
     from .errors import UserError
 
+    target = Path(path).absolute()
+    missing = [p for p in (target, *target.parents) if not p.exists()]
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create paths.output_dir={path}: {e.strerror}; give a writable folder") from None
+    for folder in missing:  # checked, not kept: `--cfg job` and a refused run leave no outputs/ behind (Hydra
+        with contextlib.suppress(OSError):  # makes the run folder when it runs)
+            folder.rmdir()
 
 
 def _explain_compose_error(e: Exception, job: list[str]) -> str:
@@ -235,7 +358,7 @@ def job(cfg) -> dict:
     from . import distributed as dist
     from .errors import UserError
     from .invocation import Invocation
-    from .progress import print_error
+    from .progress import print_error, print_interrupted
     from .run import run
 
     global _sweep_dir
@@ -255,19 +378,24 @@ def job(cfg) -> dict:
         elif isinstance(e, KeyboardInterrupt):
             code = 130
             if (run_dir / "checkpoints" / "last.pt").is_file():
-                message = f"interrupted; resume with: python -m trainer resume={run_dir}"
+                message = f"resume with: python -m trainer resume={run_dir}"
+            elif str(e):  # what the interrupted work kept (a render cache that the next run continues)
+                message = str(e)
             else:
-                message = "interrupted before the first checkpoint was written: nothing to resume; run it again"
+                message = "before the first checkpoint was written: nothing to resume; run it again"
         else:
             message, code = f"{type(e).__name__}: {e} (traceback in {run_dir / 'run.log'})", 1
             with open(run_dir / "run.log", "a") as f:
                 f.write("".join(traceback.format_exception(e)))
+        asked = isinstance(e, KeyboardInterrupt)  # a Ctrl-C the user asked for is not an error
         if dist.is_main():
-            print_error(message)
+            (print_interrupted if asked else print_error)(message)
             with open(run_dir / "run.log", "a") as f:
-                f.write(f"error: {message}\n")
-            (run_dir / "results.json").write_text(
-                json.dumps({"task": cfg.get("task_name"), "status": "failed", "error": message}, indent=2) + "\n")
+                f.write(f"{'interrupted' if asked else 'error'}: {message}\n")
+            (run_dir / "results.json").write_text(json.dumps(
+                {"task": cfg.get("task_name"), "status": "interrupted" if asked else "failed", "error": message},
+                indent=2) + "\n")
+
         _failures.append(message)
         if multirun:
             if isinstance(e, KeyboardInterrupt):
@@ -287,19 +415,37 @@ def _shutdown_quietly() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["runs"]:  # `python -m trainer runs [FOLDER]`: the runs under outputs/
+        from .runs import main as list_runs
+
+        sys.exit(list_runs(args[1:]))
+    if "--version" in args and not any(a in args for a in ("--help", "-h")):
+        print(version_line())
+        return
     try:
         _main(argv)
     except KeyboardInterrupt:
         if _sweep_dir is None:  # during start-up (imports, composing the config): no run to resume yet
-            fail("interrupted during start-up", code=130)
+            _exit_interrupted("during start-up, before the run began")
         from . import distributed as dist  # a sweep: Hydra's end-of-sweep callback will not run, so the table is ours
         from .sweep import write_summary
 
         if dist.is_main():
             write_summary(_sweep_dir)
         _shutdown_quietly()
-        fail(f"sweep interrupted: the jobs after the last one above did not run (their overrides are in "
-             f"{_sweep_dir / 'multirun.yaml'})", code=130)
+        _exit_interrupted(f"the sweep stopped: the jobs after the last one above did not run (their overrides are in "
+                          f"{_sweep_dir / 'multirun.yaml'})")
+
+
+def _exit_interrupted(message: str) -> None:
+    """Exit 130 with one line: a Ctrl-C the user asked for is not an error (no red 'error:'), and the line starts
+    after any progress bar, so that the prompt lands on a line of its own."""
+    if os.environ.get("RANK", "0") == "0":
+        from .progress import print_interrupted
+
+        print_interrupted(message)
+    sys.exit(130)
 
 
 def _main(argv: list[str] | None) -> None:
@@ -326,6 +472,12 @@ def _main(argv: list[str] | None) -> None:
             validate(overrides, multirun, untrusted=f"resume={replayed_from}" if replayed_from else None)
     except UserError as e:
         fail(str(e))
+    if "--resolve" in flags and any(f in flags for f in ("--cfg", "-c")):
+        try:  # Hydra's own would stop at ${data_info.*}, known only once the data is read, with a traceback
+            print_resolved(flags, overrides)
+        except UserError as e:
+            fail(str(e))
+        return
 
     if dist.rank() > 0:  # last, so that they win over a resume's record (only rank 0 writes)
         overrides += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]

@@ -1,5 +1,6 @@
 """The one inference path: `infer` yields (outputs, batch) over a loader; validation, the final test, `mode=eval`
-(`score`), `mode=predict` and pseudo-labelling (`pseudo_label`) all read it."""
+(`score`), `mode=predict` and pseudo-labelling (`pseudo_label`) all read it. Given a `progress` description, a pass
+shows a bar in a terminal and logs a line now and then in a pipe (`progress.Activity`), so none of them is silent."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .progress import Activity
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -27,36 +29,48 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def infer(net: nn.Module, loader, device: torch.device, precision: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+def infer(net: nn.Module, loader, device: torch.device, precision: str,
+          progress: str | None = None) -> Iterator[tuple[Any, dict[str, Any]]]:
     """(outputs, batch) for each batch of `loader`, the net in eval mode (and left so). Iterate it under
-    `torch.inference_mode()`."""
+    `torch.inference_mode()`. `progress`: what to call the pass on the console (None: nothing shown)."""
     net.eval()
-    for batch in loader:
-        if batch_size_of(batch) == 0:  # this rank's slice of a final batch smaller than the world size
-            continue
-        batch = to_device(batch, device)
-        with autocast_context(device, precision):
-            outputs = net.model(batch["x"])
-        yield outputs, batch
+    with Activity(progress or "", _batches(loader), count_name=" batches", enabled=progress is not None) as shown:
+        for batch in loader:
+            n = batch_size_of(batch)
+            if n == 0:  # this rank's slice of a final batch smaller than the world size
+                continue
+            batch = to_device(batch, device)
+            with autocast_context(device, precision):
+                outputs = net.model(batch["x"])
+            yield outputs, batch
+            shown.advance(1, n)
+
+
+def _batches(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable without a length
+        return None
 
 
 @torch.inference_mode()
-def score(net: nn.Module, loader, device: torch.device, precision: str, split: str) -> dict[str, float]:
+def score(net: nn.Module, loader, device: torch.device, precision: str, split: str,
+          progress: bool = True) -> dict[str, float]:
     """The head's metrics over `loader`, reduced over ranks. The head is told the split (`head.split`), for heads whose
     metrics depend on it (a decode setting tuned on validation and only applied elsewhere)."""
     head = net.head
     head.reset()
     head.split = split
-    for outputs, batch in infer(net, loader, device, precision):
+    for outputs, batch in infer(net, loader, device, precision, progress=split if progress else None):
         head.update(outputs, batch)
     return head.compute()
 
 
 @torch.inference_mode()
-def predict(net: nn.Module, loader, device: torch.device, precision: str) -> list[Any]:
+def predict(net: nn.Module, loader, device: torch.device, precision: str, progress: bool = True) -> list[Any]:
     """The head's decoded prediction of every sample, in loader order."""
     out: list[Any] = []
-    for outputs, batch in infer(net, loader, device, precision):
+    for outputs, batch in infer(net, loader, device, precision, progress="predict" if progress else None):
         out.extend(net.head.decode(outputs, batch))
     return out
 
@@ -70,7 +84,7 @@ def pseudo_label(net: nn.Module, loader, device: torch.device, precision: str, t
         raise UserError(f"{type(net.head).__name__} has no pseudo_label method; drop the stage's pseudo_label option")
     labels: list[Any] = []
     confidences: list[torch.Tensor] = []
-    for outputs, batch in infer(net, loader, device, precision):
+    for outputs, batch in infer(net, loader, device, precision, progress="pseudo-labelling"):
         batch_labels, confidence = net.head.pseudo_label(outputs, batch)
         labels.extend(batch_labels)
         confidences.append(confidence.detach().float().reshape(-1))

@@ -21,7 +21,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from .callbacks import GracefulInterrupt
 from .inference import autocast_context, batch_size_of, score, to_device
-from .progress import ProgressBar
+from .progress import CONSOLE_SKIP, FIRST_LOG_S, LOG_EVERY_S, ProgressBar, duration
 from .schedules import seek
 from .stages import Stage, plan_steps
 from .state import Counters, TrainState, setup_training
@@ -59,6 +59,13 @@ def fit(stage: Stage, state: TrainState, device: torch.device, interrupt: Gracef
     t_start = time.monotonic() - counters.train_seconds
     elapsed = counters.train_seconds  # the stage's time as rank 0 counts it, refreshed after every step
     last_val_step, stop_reason = -1, None
+    remaining = _time_left(stage, counters, t_start)
+    progress.set_run(remaining, "run" if _only_stage(stage) else f"{stage.name} stage")
+    # A log line every log_every_n_steps, and one at least every LOG_EVERY_S seconds however long the steps are (a
+    # short piped run would otherwise print nothing). The clock must agree across ranks: one process's own, or rank
+    # 0's broadcast `elapsed` where max_time sets one; under DDP without max_time only the step count decides.
+    timed_logs = world == 1 or plan.max_seconds < math.inf
+    next_log_s = counters.train_seconds + FIRST_LOG_S
     if interrupt is not None:
         interrupt.armed = True
 
@@ -82,9 +89,11 @@ def fit(stage: Stage, state: TrainState, device: torch.device, interrupt: Gracef
                 continue
 
             lr = optimizer_step(state, tcfg.gradient_clip_val, plan, elapsed)
-            if counters.step % tcfg.log_every_n_steps == 0:
+            now_s = (time.monotonic() - t_start if world == 1 else elapsed) if timed_logs else -math.inf
+            if counters.step % tcfg.log_every_n_steps == 0 or now_s >= next_log_s:
+                next_log_s = now_s + LOG_EVERY_S
                 state.guard.check(counters.step, last_good(stage))
-                log_train(stage, counters, stats, lr, quiet=progress.enabled)
+                log_train(stage, counters, stats, lr, quiet=progress.enabled, eta=remaining())
             if tcfg.val_every_n_steps and counters.step % tcfg.val_every_n_steps == 0 and stage.val_loader is not None:
                 if validate(stage, state, counters.epoch + 1):
                     stop_reason = "early stopping"
@@ -200,12 +209,35 @@ def optimizer_step(state: TrainState, clip: float | None, plan: Any, elapsed: fl
     return lr
 
 
-def log_train(stage: Stage, counters: Counters, stats: IntervalStats, lr: float, quiet: bool) -> None:
+def log_train(stage: Stage, counters: Counters, stats: IntervalStats, lr: float, quiet: bool,
+              eta: float | None = None) -> None:
+    """The training loss since the last line: to the loggers, to run.log always, and to the console unless a bar
+    shows it (`quiet`)."""
     loss, rate = stats.take()
     log_metrics(stage, counters, {"train/loss": loss, "lr": lr, "samples_per_s": rate}, counters.epoch + 1)
-    if not quiet:  # the progress bar shows it
-        log.info(f"[{stage.name}] epoch {counters.epoch + 1} step {counters.step}: loss={loss:.4f} lr={lr:.3g} "
-                 f"{rate:,.0f} samples/s")
+    left = f", {'run' if _only_stage(stage) else 'stage'} eta {duration(eta)}" if eta is not None else ""
+    log.info(f"[{stage.name}] epoch {counters.epoch + 1} step {counters.step}: loss={loss:.4f} lr={lr:.3g} "
+             f"{rate:,.0f} samples/s; {counters.step:,} of {stage.plan.total_steps:,} steps{left}",
+             extra=CONSOLE_SKIP if quiet else None)
+
+
+def _only_stage(stage: Stage) -> bool:
+    """Whether the stage is the whole run (the first stage and the last: it writes best.pt)."""
+    return stage.index == 0 and stage.best_path.name == "best.pt"
+
+
+def _time_left(stage: Stage, counters: Counters, t_start: float):
+    """A callable: the stage's time left, validations included, from the step rate since `fit` started in this
+    process, or the time budget's end, whichever is sooner. Only the clock and host counters are read."""
+    plan, step0, t0 = stage.plan, counters.step, time.monotonic()
+
+    def remaining() -> float:
+        now = time.monotonic()
+        done = counters.step - step0
+        by_steps = (plan.total_steps - counters.step) * (now - t0) / done if done > 0 else math.inf
+        return max(min(by_steps, plan.max_seconds - (now - t_start)), 0.0)
+
+    return remaining
 
 
 def log_metrics(stage: Stage, counters: Counters, metrics: dict[str, float], epoch: int) -> None:
@@ -225,10 +257,13 @@ def validate(stage: Stage, state: TrainState, epoch: int) -> bool:
     state.guard.check(counters.step, last_good(stage))
     device = next(state.net.parameters()).device
     with averaged_weights(state):
-        metrics = {f"val/{k}": v for k, v in score(state.net, stage.val_loader, device, precision, "val").items()}
+        shown = stage.tcfg.progress
+        metrics = {f"val/{k}": v for k, v in score(state.net, stage.val_loader, device, precision, "val",
+                                                   progress=shown).items()}
         state.net.head.on_validation_end("val", stage.run_dir)
         for split, loader in stage.extra_loaders.items():
-            metrics.update({f"{split}/{k}": v for k, v in score(state.net, loader, device, precision, split).items()})
+            metrics.update({f"{split}/{k}": v
+                            for k, v in score(state.net, loader, device, precision, split, progress=shown).items()})
         improved = state.tracker.update(metrics, epoch=epoch, step=counters.step)
         if improved:
             save_weights(stage, state, epoch)

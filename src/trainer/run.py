@@ -51,6 +51,8 @@ def run(cfg: DictConfig, run_dir: Path, invocation: Invocation = Invocation()) -
         raise UserError(f"seed={cfg.seed} must be a whole number")
     seed_everything(cfg.seed, tcfg.deterministic)
     device = dist.select_device(tcfg.device)
+    if dist.is_main():
+        write_environment(run_dir, device)
     if cfg.mode == "train":
         result = train(cfg, run_dir, device, invocation)
     elif cfg.mode == "eval":
@@ -62,6 +64,68 @@ def run(cfg: DictConfig, run_dir: Path, invocation: Invocation = Invocation()) -
     if dist.is_main():
         (run_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What reproducing a run elsewhere needs besides its config: the command, the code (git commit and whether the
+    tree had changes, for a checkout; the installed version otherwise), the versions of the libraries that change
+    numbers, and the device."""
+    import platform
+    import shlex
+    from importlib import metadata
+
+    def version(dist_name: str) -> str | None:
+        try:
+            return metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    versions = {name: version(name) for name in ("stagefit", "torch", "torchvision", "hydra-core", "omegaconf",
+                                                 "numpy")}
+    versions["python"] = platform.python_version()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        where = f"{device} ({name}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
+    else:
+        where = f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "cwd": os.getcwd(),
+            "git": _git_state(), "versions": versions, "device": where, "world_size": dist.world_size(),
+            "platform": platform.platform(), "host": platform.node(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+def _git_state() -> dict[str, Any] | None:
+    """The commit of the checkout the code runs from, and whether it had uncommitted changes; None for an install
+    from a wheel (or where git is missing)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not ((root / "pyproject.toml").is_file() and (root / "src" / "trainer").is_dir()):
+        return None  # not a checkout: the installed version says what ran
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root:
+            return None
+        return {"commit": git("rev-parse", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_environment(run_dir: Path, device: torch.device) -> None:
+    """env.json in the run folder; a resume keeps the earlier starts' records under "earlier"."""
+    path = run_dir / "env.json"
+    record = environment(device)
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+            record["earlier"] = before.pop("earlier", []) + [before]
+        except ValueError:
+            pass
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 # ---- train --------------------------------------------------------------------------------------------------------
@@ -121,7 +185,7 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, invocation: Invo
     if dist.is_main():
         csv_logger = next((lg for lg in loggers if isinstance(lg, CSVLogger)), None)
         if csv_logger is not None and csv_logger.rows:
-            plot_curves(csv_logger.rows, run_dir / "curves.png")
+            plot_curves(csv_logger.rows, run_dir / "curves.png", monitor=result.get("monitor"))
         rows = {"run": str(run_dir)}
         if result.get("best") is not None:
             rows[f"best {result['monitor']}"] = result["best"]
@@ -284,7 +348,7 @@ def eval_checkpoint(cfg: DictConfig, run_dir: Path, device: torch.device, invoca
     metrics = {f"{split}/{k}": v for k, v in inference.score(net, loader, device, tcfg.precision, split).items()}
     net.head.on_validation_end(split, run_dir if dist.is_main() else None)
     if dist.is_main():
-        summary_table(f"eval {cfg.ckpt} on {split}", metrics)
+        summary_table(f"eval on {split}", {"checkpoint": str(cfg.ckpt), **metrics, "run": str(run_dir)})
     return {"task": cfg.get("task_name"), "status": "ok", "mode": "eval", "ckpt": str(cfg.ckpt), split: metrics}
 
 

@@ -180,6 +180,8 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
     opts = scfg.get("stage") or {}
     init = opts.get("init") or {}
     data = build(scfg.dataset, "dataset")
+    if callable(getattr(data, "limit_samples", None)):  # a hint: read (render, download) no more than will be used
+        data.limit_samples(sample_limits(tcfg, data))
     data_state = _initial_data_state(init, previous, resume, name)
     if data_state:
         data.load_state_dict(data_state)
@@ -194,18 +196,10 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
     config_path = run_dir / ("config.yaml" if n_stages == 1 else f"config.{name}.yaml")
     if main and resume is None:
         config_path.write_text(text)
-    if main and index == 0:
-        from rich.syntax import Syntax
-
-        from .progress import console
-
-        console.print(Syntax(text, "yaml", background_color="default"))
     if opts.get("pseudo_label") and resume is None:  # a resumed stage has its pseudo-labels in last.pt's data state
         _pseudo_label(net, data, opts.pseudo_label, tcfg, device, name)
-    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    n_all = sum(p.numel() for p in net.parameters())
-    log.info(f"[{name}] {type(net.model).__name__} + {type(net.head).__name__}: {n_train:,} of {n_all:,} parameters "
-             "train")
+    if main:
+        _log_header(scfg, name, index, n_stages, run_dir, data, net)
     stage = Stage(
         name=name, index=index, cfg=scfg, config_yaml=text, tcfg=tcfg, data=data, net=net,
         optimizer_factory=build(scfg.optim, "optim"),
@@ -217,6 +211,52 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
     if main and resume is not None:
         config_path.write_text(text)
     return stage
+
+
+def sample_limits(tcfg: TrainerConfig, data: Any) -> dict[str, int]:
+    """The most samples of each split a stage will read where the trainer's settings bound it (batch-count limits,
+    which the debug presets set, and max_steps), for a DataModule that can read less (`limit_samples`): a
+    `debug=fast_dev_run` of a rendered dataset then renders a batch of each split, not the whole dataset."""
+    def count(limit: Any) -> int | None:
+        return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+    train_bounds = [b for b in (count(tcfg.limit_train_batches) and tcfg.limit_train_batches
+                                * (tcfg.max_epochs if tcfg.shuffle else 1),
+                                tcfg.max_steps * tcfg.accumulate_grad_batches if tcfg.max_steps > 0 else None) if b]
+    val = count(tcfg.limit_val_batches)
+    test = count(tcfg.limit_test_batches)
+    uses: list[tuple[str, int | None]] = [("train", min(train_bounds) * data.batch_size if train_bounds else None)]
+    uses += [(split, val and val * data.eval_batch_size) for split in (tcfg.val_split, *tcfg.also_evaluate)]
+    if tcfg.test_after_fit:
+        uses.append(("test", test and test * data.eval_batch_size))
+    out: dict[str, int] = {}
+    for split in {split for split, _ in uses}:
+        bounds = [b for s, b in uses if s == split]
+        if all(bounds):  # every use of the split is bounded
+            out[split] = max(bounds)
+    return out
+
+
+def _log_header(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir: Path, data: Any,
+                net: TaskNet) -> None:
+    """A few lines on what the stage is (the whole config is in the run folder's config.yaml; `--cfg job` prints
+    it): the task and run folder, the data, model, head and parameters, and the stages."""
+    if index == 0:
+        log.info(f"task {scfg.get('task_name')}: run folder {run_dir} (config.yaml there holds the full config)")
+    stage = f"stage {index + 1}/{n_stages} '{name}': " if n_stages > 1 else ""
+    sizes = ", ".join(f"{split} {_size(ds)}" for split, ds in data.splits.items())
+    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in net.parameters())
+    trains = "all train" if n_train == n_all else f"{n_train:,} train"
+    log.info(f"[{name}] {stage}data {type(data).__name__} ({sizes or 'no split read'}); model "
+             f"{type(net.model).__name__} + head {type(net.head).__name__}: {n_all:,} parameters ({trains})")
+
+
+def _size(dataset: Any) -> str:
+    try:
+        return f"{len(dataset):,}"
+    except TypeError:
+        return "?"
 
 
 def _initial_data_state(init: DictConfig, previous: Handoff | None, resume: dict[str, Any] | None,
