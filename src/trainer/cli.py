@@ -249,7 +249,9 @@ def _job_override_sets(overrides: list[str], multirun: bool, limit: int = 200) -
         return [overrides]
     choices = []
     for o in parsed:
-        if o.is_sweep_override():
+        if o.is_interval_sweep():  # a search space (hydra/sweeper=optuna): composed at both ends
+            choices.append([f"{o.get_key_element()}={v}" for v in (o.value().start, o.value().end)])
+        elif o.is_sweep_override():
             choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
         else:
             choices.append([o.input_line])
@@ -434,8 +436,10 @@ def main(argv: list[str] | None = None) -> None:
         if dist.is_main():
             write_summary(_sweep_dir)
         _shutdown_quietly()
-        _exit_interrupted(f"the sweep stopped: the jobs after the last one above did not run (their overrides are in "
-                          f"{_sweep_dir / 'multirun.yaml'})")
+        from .sweeper import resume_command
+
+        _exit_interrupted(f"the sweep stopped: the jobs after the last one above did not run; to resume the sweep "
+                          f"(skip what finished, resume what was cut off, run the rest): {resume_command(_sweep_dir)}")
 
 
 def _exit_interrupted(message: str) -> None:
@@ -466,7 +470,10 @@ def _main(argv: list[str] | None) -> None:
         os.environ["TRAINER_RUN_STAMP"] = dist.broadcast_object(_run_stamp())
 
     try:
-        overrides, replayed_from = resume_overrides(overrides, _run_stamp())
+        overrides, flags, replayed_from = _resume_sweep(overrides, flags)
+        multirun = multirun or replayed_from is not None
+        if replayed_from is None:
+            overrides, replayed_from = resume_overrides(overrides, _run_stamp())
         overrides = _checkpoint_task(overrides, multirun)
         if not any(f in flags for f in PASS_THROUGH_FLAGS if f not in SHOW_CONFIG_FLAGS):
             validate(overrides, multirun, untrusted=f"resume={replayed_from}" if replayed_from else None)
@@ -486,8 +493,22 @@ def _main(argv: list[str] | None) -> None:
     sys.argv = [sys.argv[0], *overrides, *flags]  # flags last: a bare --info must not take an override as its value
     hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")(job)()
     dist.shutdown()
-    if _failures and multirun:
-        fail(f"{len(_failures)} job(s) of the sweep failed (see the summary above)", code=1)
+    if multirun:
+        from .sweep import failed_jobs
+
+        failed = max(len(_failures), failed_jobs())  # (a parallel launcher's jobs fail in other processes)
+        if failed:
+            fail(f"{failed} job(s) of the sweep failed (see the summary above)", code=1)
+
+
+def _resume_sweep(overrides: list[str], flags: list[str]) -> tuple[list[str], list[str], Path | None]:
+    """`resume=SWEEP_DIR` (a multirun folder): the sweep's own command line into that folder again, as a multirun
+    that skips the finished jobs and resumes the one cut off (see trainer.sweeper)."""
+    if not any(o.startswith("resume=") for o in overrides):
+        return overrides, flags, None
+    from .sweeper import resume_sweep_overrides
+
+    return resume_sweep_overrides(overrides, flags)
 
 
 def _checkpoint_task(overrides: list[str], multirun: bool = False) -> list[str]:

@@ -12,6 +12,12 @@ Hydra config when none are given (without one: the first override that varies ac
 monitored metric and its test counterpart):
 
     python -m trainer.sweep_report outputs/multirun/2026-11-23_21-00-00 [--param model.p] [--metrics a b]
+
+The same command also prints the sweep's table (trainer.sweep: every job's overrides against its best and final
+monitored metric and test metrics, fitted to 100 columns; `--per-class` keeps per-class metrics) and writes
+summary.csv, params.png (the best monitored metric against each swept parameter, on a log axis where its values span
+a decade or more) and curves.png (every job's learning curves overlaid: training loss and the monitored metric
+against the step).
 """
 from __future__ import annotations
 
@@ -241,33 +247,149 @@ def _saved_settings(sweep_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def _number(text: str) -> float | None:
+    value = _value(text)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def log_axis(values: Sequence[float]) -> bool:
+    """Whether values are better read on a log axis: all positive, spanning a decade or more (learning rates)."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= 10
+
+
+def plot_params(rows: list[dict[str, Any]], monitor: str, path: Path) -> dict[str, str]:
+    """The best monitored metric of each job against each swept parameter, one panel per parameter; returns each
+    parameter's axis: log, linear or category."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .sweep import _key, varying
+
+    keys = [k for k in varying(rows)[0] if k not in ("resume",) and not k.startswith("hydra.")] if len(rows) > 1 \
+        else []
+    if not keys:
+        return {}
+    cols = min(len(keys), 3)
+    fig, axes = plt.subplots((len(keys) + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.4 * ((len(keys) + 2) // 3)),
+                             squeeze=False)
+    scales = {}
+    for ax, key in zip(axes.flat, keys):
+        points = []
+        for r in rows:
+            value = {_key(o): o.partition("=")[2] for o in r["overrides"]}.get(key)
+            y = r.get(monitor)
+            if value is not None and isinstance(y, (int, float)) and math.isfinite(y):
+                points.append((value, y))
+        numbers = [_number(v) for v, _ in points]
+        if points and all(n is not None for n in numbers):
+            scales[key] = "log" if log_axis(numbers) else "linear"
+            ax.scatter(numbers, [y for _, y in points])
+            ax.set_xscale(scales[key])
+            if scales[key] == "log":
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        else:
+            scales[key] = "category"
+            labels = list(dict.fromkeys(v for v, _ in points))
+            ax.scatter([labels.index(v) for v, _ in points], [y for _, y in points])
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels), default=0) > 6 else 0)
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"best {monitor}")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(f"best {monitor} against each swept parameter ({len(rows)} jobs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return scales
+
+
+def plot_curves(rows: list[dict[str, Any]], monitor: str, path: Path) -> int:
+    """Every job's learning curves overlaid: training loss and the monitored metric against the global step (a
+    staged job's stages one after the other). Returns how many jobs had curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .sweep import _key, _short_value, abbreviations, varying
+
+    keys = varying(rows)[0] if len(rows) > 1 else []
+    names = abbreviations(keys)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    drawn = 0
+    for r in rows:
+        path_csv = Path(r["dir"]) / "metrics.csv"
+        if not path_csv.is_file():
+            continue
+        with open(path_csv, newline="") as f:
+            logged = list(csv.DictReader(f))
+        shown = [o for o in r["overrides"] if _key(o) in names]
+        label = f"{r['job']}: " + " ".join(f"{names[_key(o)]}={_short_value(o.partition('=')[2])}" for o in shown)
+        for ax, metric in zip(axes, ("train/loss", monitor)):
+            points = [(float(x["global_step"]), float(x[metric])) for x in logged if x.get(metric) not in (None, "")]
+            if points:
+                ax.plot(*zip(*points), marker="." if metric == monitor else None, linewidth=1, label=label)
+        drawn += 1
+    for ax, metric in zip(axes, ("train/loss", monitor)):
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if 0 < drawn <= 12:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"learning curves of {drawn} jobs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn
+
+
 def main(argv: list[str] | None = None) -> None:
+    from .sweep import WIDTH, write_summary
+
     parser = argparse.ArgumentParser(prog="python -m trainer.sweep_report",
-                                     description="Metrics against a swept parameter: report.csv/.md/.png")
+                                     description="A sweep's table (summary.csv), params.png, curves.png, and metrics "
+                                                 "against a swept parameter (report.csv/.md/.png)")
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder (outputs/multirun/<stamp>)")
     parser.add_argument("--param", help="the swept override on the x axis, e.g. model.p")
     parser.add_argument("--metrics", nargs="+", help="metric columns, e.g. train_eval/acc val/acc")
     parser.add_argument("--gap", nargs=2, metavar=("A", "B"), help="add the column A - B")
     parser.add_argument("--at", choices=("best", "last"), help="which validation of each job (default best)")
     parser.add_argument("--title")
+    parser.add_argument("--per-class", action="store_true", help="keep per-class metrics in the table")
+    parser.add_argument("--width", type=int, help=f"the table's width in columns (default {WIDTH}, or the "
+                                                   "terminal's when narrower)")
     args = parser.parse_args(argv)
     try:
         if not args.sweep_dir.is_dir():
             raise UserError(f"sweep folder not found: {args.sweep_dir}")
+        if not _job_dirs(args.sweep_dir):
+            raise UserError(f"{args.sweep_dir} holds no job folders (0/, 1/, ...); give a multirun folder")
+        rows = write_summary(args.sweep_dir, per_class=args.per_class, width=args.width)
+        monitor = next((c.removeprefix("final ") for r in rows for c in r if c.startswith("final ")), None)
+        written = [args.sweep_dir / "summary.csv"]
+        if monitor:
+            if plot_params(rows, monitor, args.sweep_dir / "params.png"):
+                written.append(args.sweep_dir / "params.png")
+            if plot_curves(rows, monitor, args.sweep_dir / "curves.png"):
+                written.append(args.sweep_dir / "curves.png")
         settings = _saved_settings(args.sweep_dir) or _inferred_settings(args.sweep_dir)
         for key in ("param", "metrics", "gap", "at", "title"):
             if getattr(args, key) is not None:
                 settings[key] = getattr(args, key)
-        if not settings.get("param") or not settings.get("metrics"):
-            raise UserError("give --param and --metrics: no override varies across the jobs, or no job has a "
-                            "monitored metric")
-        rows = write_report(args.sweep_dir, settings["param"], settings["metrics"], settings.get("gap"),
-                            settings.get("at", "best"), settings.get("title"))
+        if settings.get("param") and settings.get("metrics"):
+            report = write_report(args.sweep_dir, settings["param"], settings["metrics"], settings.get("gap"),
+                                  settings.get("at", "best"), settings.get("title"))
+            print((args.sweep_dir / "report.md").read_text(), end="")
+            written += [args.sweep_dir / f"report.{ext}" for ext in ("csv", "md", "png")]
+            print(f"({len(report)} jobs)")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print((args.sweep_dir / "report.md").read_text(), end="")
-    print(f"({len(rows)} jobs; also {args.sweep_dir / 'report.csv'} and {args.sweep_dir / 'report.png'})")
+    print("written: " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from .errors import UserError
 ALLOWED_MODULES = (
     "trainer.models", "trainer.datasets", "trainer.schedules", "trainer.loggers", "trainer.sweep",
     "trainer.sweep_report", "torch.nn", "torch.optim", "torchvision.models", "hydra._internal.core_plugins",
-    "hydra_plugins",
+    "hydra_plugins", "optuna.samplers",  # (a search's sampler, hydra.sweeper.sampler, replayed by resume=SWEEP_DIR)
 )
 ENV = "TRAINER_TRUSTED_TARGETS"
 
