@@ -156,6 +156,15 @@ def test_splits_are_seeded_and_the_unseen_split_holds_only_unseen_views(tmp_path
     assert parts["test"] and all(a.term not in train_views for s in parts["test"] for a in s.aspects)
 
 
+def test_the_other_rounds_labelled_sentences_join_the_training_split_only(tmp_path):
+    write_contest(tmp_path, 50, seed=0)
+    write_contest(tmp_path, 30, seed=9, texts="Train_first.csv", labels="Label_first.csv")
+    parts = BdciAbsa(root=str(tmp_path), extra_round="first")._parts()
+    assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (70, 5, 5)
+    with pytest.raises(UserError, match="extra_round=final: must be null or the other round"):
+        BdciAbsa(root=str(tmp_path), extra_round="final")
+
+
 def test_match_flags_on_training_text_come_from_the_other_folds_views(tmp_path):
     write_contest(tmp_path, 100, seed=0)
     with open(tmp_path / "Train.csv", "ab") as f:

@@ -298,6 +298,12 @@ class AbsaData(DataModule):
             train, val, test = _shares(len(pool), rng, self.val_fraction, self.test_fraction)
             parts["test"] = [pool[i] for i in test]
         parts["train"], parts["val"] = [pool[i] for i in train], [pool[i] for i in val]
+        if read.get("extra"):  # more labelled text, for training only
+            extra = read["extra"]
+            if self.test_views == "unseen":
+                extra = [s for s in extra if not {a.term for a in s.aspects or []} & self._held]
+            log.info(f"{len(extra)} more labelled sentences join the training split")
+            parts["train"] = parts["train"] + extra
         if self.unlabelled == "test":
             parts["unlabelled"] = [Sentence(s.id, s.text) for s in parts["test"]]
         elif self.unlabelled:
@@ -313,6 +319,7 @@ class AbsaData(DataModule):
     def _unseen_split(self, pool: list[Sentence], rng: np.random.Generator) -> list[np.ndarray]:
         views = sorted({a.term for s in pool for a in s.aspects or []})
         held = set(np.array(views, dtype=object)[rng.random(len(views)) < self.unseen_fraction].tolist())
+        self._held = held
         test, rest, mixed = [], [], 0
         for i, s in enumerate(pool):
             terms = {a.term for a in s.aspects or []}
@@ -477,15 +484,20 @@ class AbsaData(DataModule):
 
 class BdciAbsa(AbsaData):
     """The CCF BDCI 2016 files: `round: final` (Train.csv + Label.csv) or `first` (Train_first.csv +
-    Label_first.csv) in `root`, or any `texts` + `labels` pair in the same format."""
+    Label_first.csv) in `root`, or any `texts` + `labels` pair in the same format. `extra_round` adds the other
+    round's labelled sentences to the training split (never to validation or test)."""
 
     ROUNDS = {"final": ("Train.csv", "Label.csv"), "first": ("Train_first.csv", "Label_first.csv")}
 
     def __init__(self, root: str | None = None, round: str = "final", texts: str | None = None,
-                 labels: str | None = None, unknown_ids: str = "error", **kwargs: Any):
+                 labels: str | None = None, unknown_ids: str = "error", extra_round: str | None = None,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         if round not in self.ROUNDS:
             raise UserError(f"dataset.round={round}: must be final or first")
+        if extra_round not in (None, *self.ROUNDS) or extra_round == round:
+            raise UserError(f"dataset.extra_round={extra_round}: must be null or the other round's name")
+        self.root, self.extra_round = root, extra_round
         names = self.ROUNDS[round]
         base = Path(root) if root else None
         self.texts = texts or (str(base / names[0]) if base else None)
@@ -497,9 +509,16 @@ class BdciAbsa(AbsaData):
             raise UserError("dataset=absa_bdci needs dataset.root (a folder with the contest files) or "
                             "dataset.texts and dataset.labels")
         sentences, notes = read_contest(self.texts, self.labels, self.unknown_ids)
+        out = {"all": sentences}
+        if self.extra_round:
+            if not self.root:
+                raise UserError("dataset.extra_round needs dataset.root, the folder with both rounds' files")
+            names = self.ROUNDS[self.extra_round]
+            out["extra"], more = read_contest(Path(self.root) / names[0], Path(self.root) / names[1], "skip")
+            notes += more
         for note in notes:
             log.warning(note)
-        return {"all": sentences}
+        return out
 
 
 class JsonlAbsa(AbsaData):
