@@ -218,7 +218,7 @@ def _render_parts(parts: Path, todo: list[tuple[int, int]], spec: tuple, workers
     split_seed, length, width, height, render_size, alphabet = spec
     jobs = [(split_seed, a, b, length, width, height, render_size, alphabet) for a, b in todo]
     t0 = time.monotonic()
-    with Activity(f"rendering {what}", n, unit=f"{what}", start=kept) as shown:
+    with Activity(f"rendering {what}", n, unit=what.split()[-1], start=kept) as shown:
         try:
             if workers > 1:
                 with mp.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:

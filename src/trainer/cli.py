@@ -92,7 +92,7 @@ def print_help() -> None:
           "       python -m trainer task=NAME mode=eval ckpt=PATH [split=test]\n"
           "       python -m trainer task=NAME mode=predict ckpt=PATH input=PATH|- [output=PATH|-]\n")
     defaults = _root_defaults()
-    print("tasks (task=NAME; * marks the default, what `python -m trainer` alone runs):")
+    print("tasks (task=NAME), * the default (what `python -m trainer` alone runs):")
     for path in sorted((conf / "task").glob("*.yaml")):
         name = f"{path.stem}*" if path.stem == defaults.get("task") else path.stem
         print(f"  {name:<20} {_describe(path)}")
