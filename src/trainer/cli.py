@@ -153,12 +153,16 @@ def print_resolved(flags: list[str], overrides: list[str]) -> None:
     with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)
     GlobalHydra.instance().clear()
-    HydraConfig.instance().set_config(cfg)
-    if which == "job":
-        with open_struct_off(cfg):
-            del cfg["hydra"]
-    left: list[str] = []
-    out = _resolved(cfg, "", left)
+    before = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} resolves as in a run
+    try:
+        if which == "job":
+            with open_struct_off(cfg):
+                del cfg["hydra"]
+        left: list[str] = []
+        out = _resolved(cfg, "", left)
+    finally:
+        HydraConfig.instance().cfg = before
     if which == "hydra":
         out, left = {"hydra": out["hydra"]}, [k for k in left if k.startswith("hydra.")]
     package = value_of("--package", "-p")
