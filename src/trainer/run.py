@@ -80,15 +80,21 @@ def environment(device: torch.device) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
 
-    versions = {name: version(name) for name in ("stagefit", "torch", "torchvision", "hydra-core", "omegaconf",
-                                                 "numpy")}
-    versions["python"] = platform.python_version()
+    import hydra
+    import omegaconf
+    import torchvision
+
+    # the modules' own versions: torch's says which build ran (2.14.1+cu130 or +cpu), which its metadata does not
+    versions = {"stagefit": version("stagefit"), "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "hydra-core": hydra.__version__, "omegaconf": omegaconf.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         where = f"{device} ({name}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})"
     else:
         where = f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "cwd": os.getcwd(),
+    argv = [sys.executable, "-m", "trainer", *sys.argv[1:]] if sys.argv[0].endswith("__main__.py") else sys.argv
+    return {"command": " ".join(shlex.quote(a) for a in argv), "cwd": os.getcwd(),
             "git": _git_state(), "versions": versions, "device": where, "world_size": dist.world_size(),
             "platform": platform.platform(), "host": platform.node(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
