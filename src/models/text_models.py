@@ -1,0 +1,67 @@
+"""A language model and a review classifier around one word encoder (models/text_encoders.py), for problem 4
+(lm_sentiment). Both hold it as `self.encoder`, so a classifier stage takes the language model's encoder with
+`init: {checkpoint: previous, include: ['^model\\.encoder\\.']}`.
+
+- `LanguageModel`: next-token logits from every position (`output=all`: each position of a chunk predicts the next
+  word) or from the last one (`output=last`: a window of previous words predicts the next, the original's stage 1:
+  embedding 100, LSTM 1000, softmax over 10k words). With `decoder=false` it returns the states
+  (`{"hidden": (B, T, H)}`) and the head owns the output layer (an adaptive softmax, heads/adaptive_lm.py).
+- `ReviewClassifier`: the encoder reads a review (right-padded); its states are pooled (`last`: the state after
+  the last word, what the original's Keras LSTM returned; `concat`: last, max and mean over the words, ULMFiT's
+  concat pooling, Howard & Ruder 2018); then Dense `hidden_units` + ReLU (none when 0), dropout, one logit (the
+  original: Dense 10, ReLU, dropout 0.5, sigmoid).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+PAD = 0
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, encoder: nn.Module, vocab_size: int, output: str = "all", decoder: bool = True):
+        super().__init__()
+        if output not in ("all", "last"):
+            raise ValueError(f"output={output} is not all or last")
+        self.encoder, self.output = encoder, output
+        self.decoder = nn.Linear(encoder.hidden, vocab_size) if decoder else None
+
+    def forward(self, x: torch.Tensor) -> Any:
+        h = self.encoder(x)
+        if self.output == "last":  # windows are left-padded: the last position is the window's last word
+            h = h[:, -1]
+        return self.decoder(h) if self.decoder is not None else {"hidden": h}
+
+
+class ReviewClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, pooling: str = "last", hidden_units: int = 10, dropout: float = 0.5):
+        super().__init__()
+        if pooling not in ("last", "concat"):
+            raise ValueError(f"pooling={pooling} is not last or concat")
+        self.encoder, self.pooling = encoder, pooling
+        features = encoder.hidden * (3 if pooling == "concat" else 1)
+        layers: list[nn.Module] = []
+        if hidden_units:
+            layers += [nn.Linear(features, hidden_units), nn.ReLU()]
+            features = hidden_units
+        layers += [nn.Dropout(dropout), nn.Linear(features, 1)]
+        self.classifier = nn.Sequential(*layers)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x)
+        mask = (x != PAD).unsqueeze(-1)
+        lengths = mask.sum(1)  # (B, 1)
+        # the state after the last word; a review with no known word has only position 0
+        last = h.gather(1, (lengths - 1).clamp(min=0).unsqueeze(-1).expand(-1, 1, h.shape[-1])).squeeze(1)
+        if self.pooling == "last":
+            return last
+        mean = (h * mask).sum(1) / lengths.clamp(min=1)
+        top = h.masked_fill(~mask, torch.finfo(h.dtype).min).amax(1)
+        top = torch.where(lengths > 0, top, torch.zeros_like(top))
+        return torch.cat([last, top, mean], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(x)).squeeze(-1)
