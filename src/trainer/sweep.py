@@ -15,6 +15,7 @@ import json
 import math
 import multiprocessing
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,7 @@ def final_value(job_dir: Path, monitor: str) -> float | None:
         for row in csv.DictReader(f):
             if row.get(monitor) not in (None, ""):
                 last = row
-    stage = last.get("stage") if last else None
-    return float(last[monitor]) if last is not None and (stage is None or stage == last["stage"]) else None
+    return float(last[monitor]) if last is not None else None
 
 
 def collect(sweep_dir: str | Path, per_class: bool = False) -> list[dict[str, Any]]:
@@ -113,8 +113,10 @@ def varying(rows: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
     return keys, common
 
 
-def abbreviations(keys: list[str]) -> dict[str, str]:
-    """Each dotted key's shortest suffix of whole parts that no other key ends with (`optim.lr` -> `lr`)."""
+def abbreviations(keys: list[str], initials: bool = False) -> dict[str, str]:
+    """Each dotted key's shortest suffix of whole parts that no other key ends with (`optim.lr` -> `lr`); with
+    `initials`, the parts before the last of that suffix cut to their first letter (`unfrozen.optim.lr` -> `u.o.lr`)
+    where that still tells the keys apart."""
     out = {}
     for key in keys:
         parts = key.split(".")
@@ -123,6 +125,10 @@ def abbreviations(keys: list[str]) -> dict[str, str]:
             if not any(k != key and (k == short or k.endswith("." + short)) for k in keys):
                 break
         out[key] = short
+    if initials:
+        cut = {k: ".".join([p[:1] for p in v.split(".")[:-1]] + v.split(".")[-1:]) for k, v in out.items()}
+        if len(set(cut.values())) == len(cut):
+            out = cut
     return out
 
 
@@ -166,45 +172,56 @@ def render(rows: list[dict[str, Any]], sweep_dir: str | Path, width: int = WIDTH
     heading = f"sweep: {sweep_dir}" + (f" ({len(common)} overrides common to every job: see summary.csv)"
                                        if common else "")
 
-    def build(names: dict[str, str], shown: list[str]) -> Table:
+    def build(names: dict[str, str], shown: list[str], wrap: bool = False) -> Table:
         table = Table(header_style="bold")
         for c in shown:
-            table.add_column(f"best {c}" if c in monitors else c,
-                             justify="left" if c in ("overrides", "status") else "right", no_wrap=True)
+            table.add_column(f"best {c}" if c in monitors else c, no_wrap=not (wrap and c == "overrides"),
+                             justify="left" if c in ("overrides", "status") else "right")
         for r in rows:
             cells = {**r, "overrides": overrides_cell(r, names)}
             table.add_row(*(f"{cells[c]:.1f}" if c == "fit_s" and isinstance(cells.get(c), (int, float))
                             else _fmt(cells.get(c)) for c in shown), style="red" if r["status"] != "ok" else None)
         return table
 
-    def fits(table: Table) -> bool:
-        measure = Console(width=10_000, markup=False, file=io.StringIO())
-        return measure.measure(table).maximum <= width
+    def fits(table: Table, wrap: bool = False) -> bool:
+        measure = Console(width=10_000, markup=False, file=io.StringIO()).measure(table)
+        return (measure.minimum if wrap else measure.maximum) <= width
 
+    # 1. the override names as they are, else the shortest suffixes that tell them apart, else with initials
     names: dict[str, str] = {}
-    shown = columns
-    if not fits(build(names, shown)):
-        names = abbreviations(keys)
-        legend = [f"{short} = {key}" for key, short in names.items() if short != key]
-        if legend:
-            notes.append("overrides: " + ", ".join(legend))
-    # fit time first, then test metrics from the last; the overrides, status and the monitored metric's best and
-    # final values stay
-    counterparts = {"test/" + m.split("/", 1)[-1] for m in monitors}  # test/acc for val/acc: the last to go
+    for level in (abbreviations(keys), abbreviations(keys, initials=True)):
+        if fits(build(names, columns)):
+            break
+        names = level
+    legend = [f"{short} = {key}" for key, short in names.items() if short != key]
+    if legend:
+        notes.append("overrides: " + ", ".join(legend))
+    # 2. columns left out: fit time first, then test metrics from the last; the test counterpart of the monitored
+    # metric (test/acc for val/acc) only when the overrides cannot wrap into what is left
+    counterparts = {"test/" + m.split("/", 1)[-1] for m in monitors}
     droppable = [c for c in ("fit_s",) if c in columns]
     droppable += [c for c in reversed(columns) if c.startswith("test/") and c not in counterparts]
-    droppable += [c for c in columns if c in counterparts]
-    left_out = []
+    shown, left_out, wrap = columns, [], False
     while not fits(build(names, shown)) and droppable:
         left_out.append(droppable.pop(0))
         shown = [c for c in columns if c not in left_out]
+    # 3. the overrides wrapped onto more lines; and last, the counterpart too
+    if not fits(build(names, shown)):
+        wrap = True
+        for c in [c for c in columns if c in counterparts]:
+            if fits(build(names, shown, wrap), wrap):
+                break
+            left_out.append(c)
+            shown = [c for c in columns if c not in left_out]
     if left_out:
         notes.append(f"left out at {width} columns: {', '.join(reversed(left_out))} (all in summary.csv)")
     for r in rows:
         if r.get("error"):
             line = f"job {r['job']}: {r['error']}"
             notes.append(line if len(line) <= width else line[:width - 1] + "…")
-    return heading, build(names, shown), notes
+    notes = [wrapped for note in notes for wrapped in textwrap.wrap(note, width, subsequent_indent="  ",
+                                                                    break_on_hyphens=False)]
+    return heading, build(names, shown, wrap), notes
 
 
 def write_summary(sweep_dir: str | Path, per_class: bool = False, width: int | None = None,
@@ -228,9 +245,10 @@ def write_summary(sweep_dir: str | Path, per_class: bool = False, width: int | N
             writer.writerow({**{k: values.get(k, "") for k in keys}, **r, "overrides": " ".join(r["overrides"])})
     if show:
         out = console()
-        heading, table, notes = render(rows, sweep_dir, width or min(WIDTH, out.width))
+        width = width or min(WIDTH, out.width)
+        heading, table, notes = render(rows, sweep_dir, width)
         out.print(heading, soft_wrap=True)
-        out.print(table)
+        out.print(table, width=width)
         for line in notes:
             out.print(line)
         out.print(f"summary written to {sweep_dir / 'summary.csv'}")

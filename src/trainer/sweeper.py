@@ -125,7 +125,7 @@ def plan_job(sweep_dir: Path, num: int, overrides: list[str]) -> Job:
 
 def quote(value: str) -> str:
     """`value` as an override value Hydra parses back to the same string (a path may hold spaces or quotes)."""
-    if re.fullmatch(r"[\w/.\-:+@%]+", value):
+    if re.fullmatch(r"[\w/.\-]+", value):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -144,6 +144,13 @@ class _Resumable:
 
     config: DictConfig
     launcher: Any
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
 
     def _sweep_dir(self) -> Path:
         return Path(str(self.config.hydra.sweep.dir)).absolute()  # (resolving it makes it: cli._run_stamp)
@@ -165,6 +172,15 @@ class _Resumable:
             except (HydraException, OmegaConfBaseException, ValueError) as e:
                 raise UserError(f"a job of this sweep does not compose: {_explain_compose_error(e, overrides)}"
                                 ) from None
+
+    def _check_launcher(self) -> None:
+        """A SLURM job is one process of ours: several tasks per node would each run the whole job, as rank 0, in
+        the same folder (DDP across nodes is torchrun's, see README)."""
+        launcher = self.config.hydra.launcher
+        tasks = OmegaConf.select(launcher, "tasks_per_node", default=1) or 1
+        if str(launcher.get("_target_", "")).endswith("SlurmLauncher") and tasks > 1:
+            raise UserError(f"hydra.launcher.tasks_per_node={tasks}: each job of a sweep on SLURM is one process; "
+                            "for several GPUs per job run torchrun inside an sbatch script (README, Sweeps)")
 
     def _save_record(self, sweep_dir: Path, stamp: str) -> None:
         """multirun.yaml is the sweep's own record, which `resume=SWEEP_DIR` replays: a resume keeps it and writes
@@ -241,13 +257,6 @@ class GridSweeper(_Resumable):
         self.launcher = None
         self.hydra_context = None
 
-    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
-        from hydra.core.plugins import Plugins
-
-        self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
-
     def job_overrides(self, arguments: list[str]) -> list[list[str]]:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -265,6 +274,7 @@ class GridSweeper(_Resumable):
         plan = None
         if dist.is_main():
             try:
+                self._check_launcher()
                 jobs = [plan_job(sweep_dir, k, o) for k, o in enumerate(self.job_overrides(arguments))]
                 self._check_composes([j.overrides for j in jobs if j.action != "skip"])
                 plan = (jobs, _describe(jobs, sweep_dir, len(jobs)))
@@ -384,8 +394,6 @@ class OptunaSweeper(_Resumable):
         self.launcher = None
         self.hydra_context = None
 
-    setup = GridSweeper.setup
-
     # -- rank 0: the study --
     def _study(self, sweep_dir: Path, arguments: list[str]):
         try:
@@ -409,20 +417,23 @@ class OptunaSweeper(_Resumable):
                             "config) or overrides such as optim.lr='tag(log,interval(1e-4,1e-2))'")
         self._check_composes(corners(self.space, self.fixed))
         storage = self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
-        sampler = None
-        if self.sampler_cfg is not None:
-            sampler = instantiate(self.sampler_cfg)
-            if not isinstance(sampler, optuna.samplers.BaseSampler):
-                raise UserError(f"hydra.sweeper.sampler is a {type(sampler).__name__}, not an Optuna sampler")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
-                                        direction=direction, load_if_exists=True)
+            study = optuna.create_study(study_name=self.study_name, storage=storage, direction=direction,
+                                        load_if_exists=True)
         except Exception as e:  # noqa: BLE001 - SQLAlchemy's, Optuna's: one line, with the storage named
             from .errors import one_line
 
             raise UserError(f"cannot open the Optuna storage {storage}: {type(e).__name__}: {one_line(e)}") from None
+        if self.sampler_cfg is not None:
+            sampler_cfg = self.sampler_cfg
+            if OmegaConf.select(sampler_cfg, "seed") is not None and study.trials:
+                # a continued search draws on from where it is, not again the draws its first trials had
+                sampler_cfg = OmegaConf.merge(sampler_cfg, {"seed": sampler_cfg.seed + len(study.trials)})
+            study.sampler = instantiate(sampler_cfg)
+            if not isinstance(study.sampler, optuna.samplers.BaseSampler):
+                raise UserError(f"hydra.sweeper.sampler is a {type(study.sampler).__name__}, not an Optuna sampler")
         space = " ".join(sorted(f"{k}={v}" for k, v in override_map(self.space_args).items()))
         before = study.user_attrs.get("search")
         if before is None:
@@ -522,22 +533,24 @@ class OptunaSweeper(_Resumable):
 
         self._tell(study, [j for j in pending if j.action == "skip"], sweep_dir)  # finished, never told
         pending[:] = [j for j in pending if j.action != "skip"]
+        batch, pending[:] = pending[:self.n_jobs], pending[self.n_jobs:]
         if pending:
-            batch, pending[:] = pending[:self.n_jobs], pending[self.n_jobs:]
             return batch
         done, failed = self._finished(study)
         if self.max_failure_rate < 1 and done and failed / done > self.max_failure_rate:
             raise UserError(f"{failed} of {done} trials failed, more than hydra.sweeper.max_failure_rate="
                             f"{self.max_failure_rate}: the search stops")
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))  # (another process's)
-        room = min(self.n_jobs, self.n_trials - done - running)
-        return self._ask(study, room, sweep_dir) if room > 0 else []
+        # RUNNING: this batch's cut-off trials, and any another process is running on the same study
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        room = min(self.n_jobs - len(batch), self.n_trials - done - running)
+        return batch + (self._ask(study, room, sweep_dir) if room > 0 else [])
 
     def sweep(self, arguments: list[str]) -> list[Any]:
         sweep_dir, stamp = self._sweep_dir(), self._stamp()
         study, pending, start = None, [], None
         if dist.is_main():
             try:
+                self._check_launcher()
                 study = self._study(sweep_dir, arguments)
                 pending, line = self._first_batch(study, sweep_dir)
                 start = line or ""
