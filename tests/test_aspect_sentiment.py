@@ -7,12 +7,11 @@ import json
 import math
 import random
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import cli, latest_run
-from trainer.datasets.absa import BdciAbsa, JsonlAbsa, SentenceDataset, window_starts
+from trainer.datasets.absa import BdciAbsa, SentenceDataset, window_starts
 from trainer.datasets.absa_formats import read_contest, read_jsonl, read_new_sentences
 from trainer.errors import UserError
 from trainer.models.heads.absa_score import scores, sentence_counts
@@ -245,10 +244,11 @@ def test_the_entity_list_pass_finds_a_listed_entity_the_model_missed_and_polarit
     assert head.decode(scores_, batch_for("ABCD", [(0, 4)])) == [[("ABCD", "neg")]]
 
 
-def test_back_to_back_entities_are_cut_at_the_entity_list_matches():
-    head = EntityPolarityTagger()
+def test_back_to_back_entities_are_cut_at_the_entity_list_matches_on_request():
+    head = EntityPolarityTagger(split_at_matches=True)
     scores_ = logits([[0.1, 0.05, 0.8, 0.05]] * 4)
     assert head.decode(scores_, batch_for("宝马奔驰", [(0, 2), (2, 4)])) == [[("宝马", "neu"), ("奔驰", "neu")]]
+    assert EntityPolarityTagger().decode(scores_, batch_for("宝马奔驰", [(0, 2), (2, 4)])) == [[("宝马奔驰", "neu")]]
     # a run the matches do not cover end to end stays whole (宝马X5 with only 宝马 listed)
     assert head.decode(scores_, batch_for("宝马X5", [(0, 2)])) == [[("宝马X5", "neu")]]
 

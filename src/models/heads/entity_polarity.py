@@ -11,8 +11,9 @@ tags (the original's fifth, padding class): only the first `num_tags` are decode
   1. Viterbi over the allowed transitions 0->0,1,2,3; 1->0,1; 2->0,2; 3->0,3 (`viterbi.py`), on log-softmax scores;
   2. a second pass forced towards the entity list: inside each of its matches (found by the DataModule with
      Aho-Corasick, longest first) `entity_bonus` is added to the entity tags, and `boundary_bonus` to tag 0 on the
-     character just before and just after; the entities are the runs of non-zero tags of this pass, a run that
-     the matches tile exactly being cut at the matches (two Views written back to back, 宝马奔驰);
+     character just before and just after; the entities are the runs of non-zero tags of this pass (with
+     `split_at_matches`, a run that the matches cover end to end is cut at the matches: two Views written back to
+     back, 宝马奔驰; off by default: on validation the gold joins such names, 凯越别克, more often than it splits them);
   3. each entity's polarity is the majority of the first pass's non-zero tags inside it (ties, and entities the
      first pass did not see, go to the polarity with the highest summed probability over the span).
   A View found several times in a sentence gets the majority of its mentions' polarities.
@@ -47,12 +48,13 @@ class EntityPolarityTagger(Head):
     monitor, monitor_mode = "f1", "max"
 
     def __init__(self, num_tags: int = 4, neutral_weight: float | None = 3.0, entity_pass: bool = True,
-                 entity_bonus: float = 10.0, boundary_bonus: float = 2.0):
+                 entity_bonus: float = 10.0, boundary_bonus: float = 2.0, split_at_matches: bool = False):
         super().__init__()
         if num_tags != len(TAGS):
             raise ValueError(f"num_tags={num_tags}: this head decodes the {len(TAGS)} tags none/pos/neu/neg")
         self.num_tags, self.neutral_weight = num_tags, neutral_weight
         self.entity_pass, self.entity_bonus, self.boundary_bonus = entity_pass, entity_bonus, boundary_bonus
+        self.split_at_matches = split_at_matches
         # constraints, not learned: rebuilt from code, not saved in checkpoints
         self.register_buffer("allowed", transition_mask(TAGS, ALLOWED), persistent=False)
         self.register_buffer("free", tag_mask(TAGS, TAGS), persistent=False)
@@ -124,7 +126,7 @@ class EntityPolarityTagger(Head):
         first, second, probs = self.tag_paths(outputs, batch)
         lengths = batch["sentence_lengths"]
         matches = batch.get("matches") or [[] for _ in range(len(lengths))]
-        use_list = self.entity_pass
+        use_list = self.entity_pass and self.split_at_matches
         first_np, second_np = first.cpu().numpy(), second.cpu().numpy()
         probs_np = probs.detach().cpu().numpy()
         out = []
