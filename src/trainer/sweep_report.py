@@ -368,6 +368,14 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"sweep folder not found: {args.sweep_dir}")
         if not _job_dirs(args.sweep_dir):
             raise UserError(f"{args.sweep_dir} holds no job folders (0/, 1/, ...); give a multirun folder")
+        settings = _saved_settings(args.sweep_dir) or _inferred_settings(args.sweep_dir)
+        for key in ("param", "metrics", "gap", "at", "title"):
+            if getattr(args, key) is not None:
+                settings[key] = getattr(args, key)
+        against = bool(settings.get("param") and settings.get("metrics"))
+        if against:  # a bad --param or --at is one line, before anything is written
+            collect(args.sweep_dir, settings["param"], settings["metrics"], settings.get("gap"),
+                    settings.get("at", "best"))
         rows = write_summary(args.sweep_dir, per_class=args.per_class, width=args.width)
         monitor = next((c.removeprefix("final ") for r in rows for c in r if c.startswith("final ")), None)
         written = [args.sweep_dir / "summary.csv"]
@@ -376,11 +384,7 @@ def main(argv: list[str] | None = None) -> None:
                 written.append(args.sweep_dir / "params.png")
             if plot_curves(rows, monitor, args.sweep_dir / "curves.png"):
                 written.append(args.sweep_dir / "curves.png")
-        settings = _saved_settings(args.sweep_dir) or _inferred_settings(args.sweep_dir)
-        for key in ("param", "metrics", "gap", "at", "title"):
-            if getattr(args, key) is not None:
-                settings[key] = getattr(args, key)
-        if settings.get("param") and settings.get("metrics"):
+        if against:
             report = write_report(args.sweep_dir, settings["param"], settings["metrics"], settings.get("gap"),
                                   settings.get("at", "best"), settings.get("title"))
             print((args.sweep_dir / "report.md").read_text(), end="")

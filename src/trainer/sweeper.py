@@ -241,7 +241,7 @@ def _print(line: str) -> None:
     if dist.is_main():
         from .sweep import console
 
-        console().print(line)
+        console().print(line, soft_wrap=True)  # (a path in it must stay whole: no line breaks inserted)
 
 
 # ---- the grid ------------------------------------------------------------------------------------------------------
