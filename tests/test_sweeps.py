@@ -400,3 +400,25 @@ def test_sweep_report_plots_against_each_parameter(tmp_path, capsys):
     out = capsys.readouterr().out
     assert all((sweep_dir / name).is_file() for name in ("summary.csv", "params.png", "curves.png", "report.csv"))
     assert "params.png" in out and "curves.png" in out
+
+
+def test_ctrl_c_in_a_sweep_says_how_to_resume_it(tmp_path, monkeypatch, capsys):
+    """In process: a KeyboardInterrupt that reaches main() in a sweep writes the table of the jobs so far and ends
+    with the command that resumes the sweep."""
+    from trainer import cli as cli_module
+
+    sweep_dir = tmp_path / "sweep"
+    _job(sweep_dir, 0, ["seed=1"], "ok")
+    _job(sweep_dir, 1, ["seed=2"], last=True)
+    (sweep_dir / "1" / "command.txt").write_text("python -m trainer seed=2\n")
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "_main", interrupted)
+    monkeypatch.setattr(cli_module, "_sweep_dir", sweep_dir)
+    with pytest.raises(SystemExit) as e:
+        cli_module.main([])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and err.strip().splitlines()[-1].endswith(f"python -m trainer resume={sweep_dir}")
+    assert [r["status"] for r in _summary(sweep_dir)] == ["ok", "cut off"]

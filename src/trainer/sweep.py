@@ -279,9 +279,9 @@ class JobProcess(Callback):
     children itself (a DataLoader's workers also exit when their parent dies)."""
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        default = multiprocessing.get_all_start_methods()[0]  # fork on Linux (forkserver from Python 3.14)
-        if multiprocessing.get_start_method(allow_none=True) not in (None, default):
-            multiprocessing.set_start_method(default, force=True)
+        methods = multiprocessing.get_all_start_methods()  # the platform's default first
+        if multiprocessing.get_start_method(allow_none=True) not in (None, *methods):  # loky's own
+            multiprocessing.set_start_method(methods[0], force=True)
         process = multiprocessing.current_process()
         if process.daemon:
             process._config["daemon"] = False  # noqa: SLF001 - the flag multiprocessing checks before a child starts
