@@ -39,6 +39,19 @@ def test_run_directory_holds_config_command_metrics_checkpoints_log(trained):
     assert best["monitor"] == "val/acc" and "net" in best
 
 
+def test_the_console_gets_a_header_and_the_run_folder_the_record(trained):
+    """Not the whole YAML (config.yaml has it): the task, the run folder, split sizes, model + head, parameters; the
+    training-loss lines with the run's ETA in run.log; env.json says what ran where."""
+    run, proc = trained
+    assert "_target_:" not in proc.stderr
+    assert f"task captcha: run folder {run}" in proc.stderr
+    assert re.search(r"\[train\] data CaptchaData \(train 256, val 64, test 64\); model CaptchaCNN \+ head "
+                     r"MultiPositionHead: [\d,]+ parameters \(all train\)", proc.stderr), proc.stderr[-2000:]
+    assert re.search(r"step \d+: loss=[\d.]+ .* of 16 steps, run eta", (run / "run.log").read_text())
+    env = json.loads((run / "env.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__ and "python -m trainer" in env["command"]
+
+
 def test_eval_mode_scores_a_checkpoint_on_a_split(trained, workdir):
     run, _ = trained
     proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt={run}/checkpoints/best.pt", "split=val")
@@ -195,7 +208,9 @@ def test_multirun_of_two_good_jobs(workdir):
 
 
 def test_debug_fast_dev_run_writes_no_checkpoint(workdir):
-    cli(workdir, "task=captcha", *TINY_CAPTCHA, "debug=fast_dev_run")
+    proc = cli(workdir, "task=captcha", *TINY_CAPTCHA, "debug=fast_dev_run")
+    # one batch of each split: the captcha DataModule is told so and renders no more (batch 32)
+    assert "captchas limited to what this run reads: train 32 of 256, val 32 of 64, test 32 of 64" in proc.stderr
     run = latest_run(workdir)
     assert json.loads((run / "results.json").read_text())["status"] == "ok"
     assert not (run / "checkpoints").exists()
