@@ -91,6 +91,11 @@ def run_lightning(cfg, workdir: Path) -> tuple[list[float], float]:
             super().__init__()
             self.model, self.lr = model, lr
 
+        def on_train_epoch_start(self):
+            # Lightning sets the epoch on `batch_sampler.sampler`, not on a batch sampler itself: the hook a custom
+            # batch sampler needs, so that both loops see the same batch order in every epoch
+            self.trainer.train_dataloader.batch_sampler.set_epoch(self.current_epoch)
+
         def training_step(self, batch, _):
             loss = F.cross_entropy(self.model(batch["x"]).flatten(0, 1), batch["y"].flatten())
             self.log("train/loss", loss)
@@ -112,7 +117,8 @@ def run_lightning(cfg, workdir: Path) -> tuple[list[float], float]:
     trainer = L.Trainer(max_epochs=int(cfg.trainer.max_epochs), accelerator="cpu", devices=1,
                         logger=LightningCSV(run_dir), log_every_n_steps=10, default_root_dir=run_dir,
                         enable_model_summary=False, num_sanity_val_steps=0)
-    with timed_steps() as stamps, open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
+    with timed_steps() as stamps, open(os.devnull, "w") as null, contextlib.redirect_stderr(null), \
+            contextlib.redirect_stdout(null):  # its progress bar drawn, off-screen (rich's goes to stdout)
         trainer.fit(module, data.loader("train", train=True), data.loader("val"))
     return stamps, final_loss(module.model, data)
 

@@ -283,7 +283,7 @@ def test_ctrl_c_outside_a_job_is_one_line_and_a_sweep_keeps_its_summary(monkeypa
     (["mode=eval"], "mode=eval needs ckpt=PATH"),
     (["mode=eval", "ckpt=/nonexistent.pt"], "checkpoint not found: /nonexistent.pt"),
     (["mode=eval", "ckpt='/no/[/such].pt'"], "checkpoint not found: /no/[/such].pt"),  # not read as rich markup
-    (["+model.nonsense=1"], "cannot build model"),
+    (["+model.nonsense=1"], "unknown key 'model.nonsense'; CaptchaCNN takes:"),
     (["trainer.limit_train_batches=1.5"], "1.5 is neither a batch count >= 1 nor a fraction in (0.0, 1.0]"),
     (["debug=null"], "to drop a group's choice write ~GROUP"),  # was a 29-line traceback from Hydra
     (["model=smal_resnet", "--cfg", "job"], "unknown model 'smal_resnet'"),  # --cfg is checked like a run

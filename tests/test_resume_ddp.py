@@ -181,3 +181,70 @@ def test_ctrl_c_in_a_sweep_still_writes_the_summary_of_the_jobs_so_far(workdir):
     rows = (sweep / "summary.csv").read_text().splitlines()  # header, job 0, job 1
     assert len(rows) == 3 and ",ok," in rows[1] and ",interrupted," in rows[2], rows
     assert not (sweep / "2").exists()
+
+
+def torchrun(workdir, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
+    """Two ranks under torchrun, in a session of their own (a terminal's Ctrl-C reaches the whole group)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    env.pop("TRAINER_RUN_STAMP", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "trainer",
+               f"paths.output_dir={workdir / 'outputs'}", f"paths.cache_dir={workdir / 'cache'}", *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_ctrl_c_under_torchrun_is_graceful_and_the_resume_names_torchrun(workdir):
+    """The terminal's SIGINT reaches every rank at a different step, then torchrun sends SIGTERM: the ranks agree on
+    one step, rank 0 writes last.pt there, and the one message says how to resume under torchrun."""
+    args = ["task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=8", "trainer.log_every_n_steps=1"]
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=1")  # the renders, cached by one process
+    before = set(run_dirs(workdir))
+    proc = torchrun(workdir, *args)
+    for line in proc.stdout:
+        if "epoch 2 step" in line:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    run = (set(run_dirs(workdir)) - before).pop()
+    hint = f"resume with: torchrun --nproc_per_node=2 -m trainer resume={run}"
+    assert rest.count(hint) == 1, rest[-3000:]
+    counters = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["counters"]
+    assert counters["epoch"] >= 1 and not counters["stage_done"], counters
+    proc = torchrun(workdir, f"resume={run}")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert f"resumed stage 'train' at epoch {counters['epoch'] + 1}, step {counters['step']}" in out
+    assert "finished (max_epochs=8)" in (run / "run.log").read_text()
+
+
+SAME_SECOND = '''
+import time
+_real = time.strftime
+time.strftime = lambda fmt, *a: "2026-01-01_00-00-00" if fmt == "%Y-%m-%d_%H-%M-%S" else _real(fmt, *a)
+'''
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_two_torchrun_runs_in_the_same_second_get_two_folders(workdir, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(SAME_SECOND)  # every clock says the same second
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
+    out = workdir / "same_second"
+    procs = [torchrun(workdir, "task=captcha", *TINY_CAPTCHA, "debug=fast_dev_run", f"paths.output_dir={out}",
+                      env_extra=env) for _ in range(2)]
+    for proc in procs:
+        text = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, text[-3000:]
+    folders = sorted(p.name for p in (out / "captcha").iterdir())
+    assert folders == ["2026-01-01_00-00-00", "2026-01-01_00-00-00_1"], folders
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_a_refused_resume_under_torchrun_is_one_line(workdir):
+    cli(workdir, "task=captcha", *TINY_CAPTCHA, "trainer.max_epochs=1")
+    run = latest_run(workdir)
+    proc = torchrun(workdir, f"resume={run}")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "that run has finished" in errors[0], out[-3000:]

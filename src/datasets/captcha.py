@@ -22,10 +22,11 @@ import signal
 import string
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from annotated_types import Ge
 from PIL import Image, UnidentifiedImageError
 
 from trainer.errors import UserError
@@ -296,14 +297,14 @@ class CaptchaData(DataModule):
 
     def __init__(
         self,
-        length: int = 4,
-        width: int = 160,
-        height: int = 60,
-        render_width: int = 160,
-        render_height: int = 60,
-        train_size: int = 100_000,
-        val_size: int = 2_000,
-        test_size: int = 10_000,
+        length: Annotated[int, Ge(1)] = 4,
+        width: Annotated[int, Ge(8)] = 160,
+        height: Annotated[int, Ge(8)] = 60,
+        render_width: Annotated[int, Ge(8)] = 160,
+        render_height: Annotated[int, Ge(8)] = 60,
+        train_size: Annotated[int, Ge(1)] = 100_000,
+        val_size: Annotated[int, Ge(0)] = 2_000,
+        test_size: Annotated[int, Ge(0)] = 10_000,
         cache: bool = True,
         cache_dir: str = "data/cache",
         fresh_each_epoch: bool = False,

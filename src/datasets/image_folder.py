@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -181,7 +181,7 @@ class ImageFolderData(ClassifiedData):
         balanced: bool = True,
         classes: int = 16,
         per_class: int = 2,
-        augment: str = "light",
+        augment: Literal["none", "light", "heavy"] = "light",
         heavy: dict | None = None,
         light: dict | None = None,
         normalize: bool = True,

@@ -3,13 +3,16 @@ four blocks of [3x3 conv with 32 filters ('valid' padding, Keras' default), 2x2 
 separate linear classifier per letter position."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from annotated_types import Ge
 from torch import nn
 
 
 class CaptchaCNN(nn.Module):
     def __init__(self, length: int = 4, num_classes: int = 26, in_channels: int = 1, height: int = 60,
-                 width: int = 160, filters: int = 32, blocks: int = 4):
+                 width: int = 160, filters: Annotated[int, Ge(1)] = 32, blocks: Annotated[int, Ge(1)] = 4):
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels

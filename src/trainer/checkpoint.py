@@ -46,10 +46,23 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                 break
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (give a .pt file or a run directory with checkpoints/)")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty (a write that never finished?)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, truncated, or not a checkpoint at all
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {_load_failure(e)}") from None
+
+
+def _load_failure(e: Exception) -> str:
+    """torch's reason, without its advice to retry with weights_only=False: a file that needs it holds code, which a
+    checkpoint of this trainer never does, and is refused."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        detail = [line for line in lines[1:] if "weights_only" not in line and "documentation" not in line]
+        return (f"it holds Python objects that only unpickling code could rebuild ({'; '.join(detail) or 'refused'}),"
+                " which a checkpoint written by this trainer never does; it is refused, not run")
+    return f"{type(e).__name__}: {lines[0] if lines else 'no detail'}"
 
 
 def rng_state() -> dict[str, Any]:

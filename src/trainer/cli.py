@@ -51,25 +51,36 @@ def split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def fail(message: str, code: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one line, from rank 0
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
 def _run_stamp(parent: str | None = None) -> str:
-    """The run directory's time stamp; under torchrun, rank 0's (set in the environment by `main`).
+    """The run directory's time stamp, fixed for the process at its first use.
 
     Given the folder it goes in, the run directory is also created here, so that two runs started in the same
-    second get `<stamp>` and `<stamp>_1` instead of sharing (and overwriting) one folder."""
+    second get `<stamp>` and `<stamp>_1` instead of sharing (and overwriting) one folder. Under torchrun rank 0
+    does that and the other ranks take its stamp (a broadcast at the first use, which Hydra makes on every rank
+    when it resolves the run folder): one run folder per run, and never one shared by two runs."""
+    from . import distributed as dist
+
     stamp = os.environ.get("TRAINER_RUN_STAMP")
     if not stamp:
-        stamp = base = time.strftime("%Y-%m-%d_%H-%M-%S")
-        for n in itertools.count(1) if parent else ():
-            try:
-                (Path(parent) / stamp).mkdir(parents=True)  # atomic: exactly one process creates it
-                break
-            except FileExistsError:
-                stamp = f"{base}_{n}"
+        stamp = _new_stamp(parent) if dist.rank() == 0 else None
+        stamp = dist.broadcast_object(stamp)
         os.environ["TRAINER_RUN_STAMP"] = stamp  # one value per process, however often it is resolved
+    return stamp
+
+
+def _new_stamp(parent: str | None) -> str:
+    stamp = base = time.strftime("%Y-%m-%d_%H-%M-%S")
+    for n in itertools.count(1) if parent else ():
+        try:
+            (Path(parent) / stamp).mkdir(parents=True)  # atomic: exactly one process creates it
+            break
+        except FileExistsError:
+            stamp = f"{base}_{n}"
     return stamp
 
 
@@ -271,8 +282,8 @@ def validate(overrides: list[str], multirun: bool, untrusted: str | None = None)
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import trainer_config
     from .errors import UserError, one_line
+    from .stages import check_stages
     from .trust import check_config
 
     try:
@@ -296,7 +307,7 @@ def validate(overrides: list[str], multirun: bool, untrusted: str | None = None)
                                 "to pick another GROUP=OPTION") from None
             if untrusted is not None:
                 check_config(cfg, untrusted, interpolations=True)
-            trainer_config(cfg.trainer)
+            check_stages(cfg)
             _check_output_dir(cfg.paths.output_dir)
             if cfg.mode not in ("train", "eval", "predict"):
                 raise UserError(f"bad value for 'mode': '{cfg.mode}' is not one of train, eval, predict")
@@ -362,7 +373,7 @@ def job(cfg) -> dict:
     from hydra.types import RunMode
 
     from . import distributed as dist
-    from .errors import UserError
+    from .errors import NonFiniteLossError, UserError
     from .invocation import Invocation
     from .progress import print_error, print_interrupted
     from .run import run
@@ -373,18 +384,32 @@ def job(cfg) -> dict:
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun:
         _sweep_dir = Path(hc.sweep.dir)
+    try:
+        _hold_run_folder(run_dir)
+    except UserError as e:  # another process is running in this folder: leave its records alone
+        if dist.is_main():
+            print_error(str(e))
+        _failures.append(str(e))
+        if multirun:
+            return {"status": "failed", "error": str(e)}
+        _shutdown_quietly()
+        sys.exit(2)
     if dist.is_main():  # this job's own overrides (one job of a sweep: its values); a resume adds a line
         with open(run_dir / "command.txt", "a") as f:
             f.write(" ".join(["python -m trainer", *map(shlex.quote, hc.overrides.task)]) + "\n")
     try:
         return run(cfg, run_dir, Invocation.from_hydra())
     except (Exception, KeyboardInterrupt) as e:
-        if isinstance(e, UserError):
+        if isinstance(e, NonFiniteLossError):
+            message, code = f"{e}{_restart_advice(e, cfg, hc.overrides.task)}", 2
+        elif isinstance(e, UserError):
             message, code = str(e), 2
         elif isinstance(e, KeyboardInterrupt):
             code = 130
             if (run_dir / "checkpoints" / "last.pt").is_file():
-                message = f"resume with: python -m trainer resume={run_dir}"
+                launcher = (f"torchrun --nproc_per_node={dist.world_size()} -m trainer" if dist.world_size() > 1
+                            else "python -m trainer")
+                message = f"resume with: {launcher} resume={run_dir}"
             elif str(e):  # what the interrupted work kept (a render cache that the next run continues)
                 message = str(e)
             else:
@@ -401,14 +426,76 @@ def job(cfg) -> dict:
             (run_dir / "results.json").write_text(json.dumps(
                 {"task": cfg.get("task_name"), "status": "interrupted" if asked else "failed", "error": message},
                 indent=2) + "\n")
-
         _failures.append(message)
         if multirun:
             if isinstance(e, KeyboardInterrupt):
                 raise  # the rest of the sweep is not run; main() writes the summary of the jobs so far
             return {"status": "failed", "error": message}
+        if not dist.is_main():  # torchrun stops the other ranks once one exits: let rank 0 say why first
+            time.sleep(2.0)
         _shutdown_quietly()
         sys.exit(code)
+
+
+_run_folder_lock = None  # the open lock file of the run folder this process works in
+
+
+def _hold_run_folder(run_dir: Path) -> None:
+    """One process at a time in a run folder (a second `resume=` of a running run is refused), and what a kill
+    during a checkpoint write left behind is removed. Rank 0 holds the lock; every rank learns the outcome."""
+    import fcntl
+
+    from . import distributed as dist
+    from .errors import UserError
+
+    global _run_folder_lock
+    holder = None
+    if dist.is_main():
+        f = open(run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+        else:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            _run_folder_lock = f
+            for tmp in (run_dir / "checkpoints").glob(".*.tmp*"):  # a write that a kill cut short
+                tmp.unlink(missing_ok=True)
+    holder = dist.broadcast_object(holder)
+    if holder is not None:
+        raise UserError(f"{run_dir} is in use by another process (pid {holder}); wait for it to end, or stop it, "
+                        "before resuming")
+
+
+def _restart_advice(e, cfg, overrides: list[str]) -> str:
+    """For a NaN or a diverging loss: a command that works, a new run from the last good weights and data state at a
+    lower rate (a resume would replay the same rate and fail the same way). In a staged task it starts at the stage
+    that failed (the earlier ones are set to null)."""
+    if not e.last_good:
+        return ""
+    from omegaconf import OmegaConf
+
+    from .checkpoint import load
+
+    lr = cfg.get("optim", {}).get("lr")
+    names = [str(k) for k, v in (cfg.get("stages") or {}).items() if v is not None]
+    prefix, skipped = "", []
+    if names:
+        index = load(e.last_good)["counters"]["stage_index"]
+        prefix, skipped = f"++stages.{names[index]}.", [f"stages.{n}=null" for n in names[:index]]
+        lr = OmegaConf.select(cfg, f"stages.{names[index]}.optim.lr", default=lr)
+    lower = f"{lr / 10:g}" if isinstance(lr, (int, float)) else "LOWER"
+    dropped = tuple(f"{p}{prefix.lstrip('+')}{k}=" for p in ("", "+", "++")
+                    for k in ("optim.lr", "init.checkpoint", "init.data")) + ("resume=",)
+    keep = [o for o in overrides if not o.startswith(dropped)]
+    command = " ".join(["python -m trainer", *map(shlex.quote, keep), *skipped, f"{prefix}init.checkpoint={e.last_good}",
+                        f"{prefix}init.data={e.last_good}", f"{prefix}optim.lr={lower}"])
+    return f"; to go on from the last good weights at a lower rate, start a new run: {command}"
 
 
 def _shutdown_quietly() -> None:
@@ -470,14 +557,11 @@ def _main(argv: list[str] | None) -> None:
     multirun = "-m" in flags or "--multirun" in flags
 
     dist.init_from_env()
-    if dist.world_size() > 1:  # (rank 0's stamp, without the same-second check: the run folder is not known yet)
-        os.environ["TRAINER_RUN_STAMP"] = dist.broadcast_object(_run_stamp())
-
     try:
         overrides, flags, replayed_from = _resume_sweep(overrides, flags)
         multirun = multirun or replayed_from is not None
         if replayed_from is None:
-            overrides, replayed_from = resume_overrides(overrides, _run_stamp())
+            overrides, replayed_from = resume_overrides(overrides, dist.broadcast_object(time.strftime("%Y-%m-%d_%H-%M-%S")))
         overrides = _checkpoint_task(overrides, multirun)
         if not any(f in flags for f in PASS_THROUGH_FLAGS if f not in SHOW_CONFIG_FLAGS):
             validate(overrides, multirun, untrusted=f"resume={replayed_from}" if replayed_from else None)

@@ -111,6 +111,16 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is set on any rank (a max over the host group: no GPU sync), for what all ranks must act on
+    alike at the same step, such as a Ctrl-C that reached them at different steps."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor(int(flag), dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group())
+    return bool(t.item())
+
+
 def rank0_value(x: float) -> float:
     """Rank 0's `x` on every rank, for what all ranks must act on alike: the time spent, which decides when a time
     budget stops the stage and where a time-fitted schedule stands. On its own clock a rank could stop a step before

@@ -9,7 +9,11 @@ class UserError(Exception):
 
 
 class NonFiniteLossError(UserError):
-    """The training loss became NaN or inf; the last good checkpoint is kept."""
+    """The training loss became NaN or inf, or diverged; the last good checkpoint (`last_good`) is kept."""
+
+    def __init__(self, message: str, last_good: str | None = None):
+        super().__init__(message)
+        self.last_good = last_good
 
 
 class WeightsUnavailable(UserError):

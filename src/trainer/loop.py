@@ -107,11 +107,12 @@ def fit(stage: Stage, state: TrainState, device: torch.device, interrupt: Gracef
                 stop_reason = stop_reason or f"max_time={tcfg.max_time}"
             if stop_reason:  # (an interrupt now: the stage ends as planned, then the run stops)
                 break
-            interrupted = interrupt is not None and interrupt.requested  # Ctrl-C or SIGTERM: resumable from here
+            interrupted = interrupt is not None and interrupt.agreed()  # Ctrl-C or SIGTERM: resumable from here
             if interrupted or (tcfg.checkpoint_every_n_steps and counters.step % tcfg.checkpoint_every_n_steps == 0):
                 counters.train_seconds = time.monotonic() - t_start
                 save_last(stage, state)
             if interrupted:
+                dist.barrier()  # every rank waits for rank 0's last.pt before any exits (torchrun would kill it)
                 raise KeyboardInterrupt
 
         # -- end of an epoch, or of the budget --

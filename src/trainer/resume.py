@@ -104,6 +104,13 @@ class ResumePoint:
         if changed:
             raise UserError(f"resume: the model config changed ({'; '.join(changed)}); a resume continues the same "
                             "model")
+        if not done:  # last.pt's optimiser and schedule state would overrule these: refused, never recorded unused
+            moved = _changed(saved, current, ("optim", "sched", "seed"))
+            if moved:
+                raise UserError(f"resume: {'; '.join(moved)}, but a resume continues last.pt's optimiser, schedule "
+                                f"and seed, so the change would be recorded and not used. To train on with it, start "
+                                f"a new run from this one's weights: add init.checkpoint=<run>/checkpoints/last.pt "
+                                f"(stages.{name}.init.checkpoint in a staged task) instead of resume=")
         for key in ("max_epochs", "max_steps"):
             was, now = saved.trainer.get(key), current.trainer.get(key)
             if done and was != now:  # (an unfinished stage: its step plan is compared, which the data also sets)
@@ -116,3 +123,26 @@ class ResumePoint:
         return {"monitor": tracker.get("monitor"), "best": tracker["best"], "best_epoch": tracker.get("best_epoch"),
                 "best_step": tracker.get("best_step"), "steps": self.counters.global_step,
                 "stop_reason": self.counters.stop_reason}
+
+
+def _changed(saved: DictConfig, current: DictConfig, keys: tuple[str, ...]) -> list[str]:
+    """`KEY: was -> now` for the leaves of `keys` that differ between the saved (resolved) and the current config."""
+    out = []
+    def plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+    for key in keys:
+        try:
+            was, now = plain(saved.get(key)), plain(current.get(key))
+        except Exception:  # noqa: BLE001 - an interpolation only a later step can resolve: not comparable here
+            continue
+        out += [f"{path}: {a} -> {b}" for path, a, b in _leaf_diff(was, now, key)]
+    return out
+
+
+def _leaf_diff(a: Any, b: Any, path: str):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            yield from _leaf_diff(a.get(k), b.get(k), f"{path}.{k}")
+    elif a != b:
+        yield path, a, b

@@ -151,7 +151,7 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, invocation: Invo
     t0 = time.monotonic()
     handoff, stage, fit_result = None, None, None
     # Ctrl-C or SIGTERM: last.pt at the end of the current step, then exit with the resume command (cli.job)
-    with GracefulInterrupt(enabled=dist.world_size() == 1) as interrupt:
+    with GracefulInterrupt() as interrupt:
         for index, (name, scfg) in enumerate(stages):
             best_path = run_dir / "checkpoints" / ("best.pt" if index == len(stages) - 1 else f"best-{name}.pt")
             if resume is not None and resume.finished(index):
@@ -164,7 +164,7 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, invocation: Invo
             fit_result = train_stage(stage, device, state, counters, interrupt)
             counters = fit_result.counters
             handoff = _handoff(stage)
-            if interrupt.requested:  # during the stage's last validation: stop before the next stage or the test
+            if interrupt.agreed():  # during the stage's last validation: stop before the next stage or the test
                 raise KeyboardInterrupt
 
     result: dict[str, Any] = {"task": cfg.get("task_name"), "status": "ok", "run_dir": str(run_dir)}

@@ -131,14 +131,20 @@ def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str
     command-line `trainer.max_epochs=1` or `debug=limit` must not be undone by a stage's own `max_epochs`; one
     stage alone is set with `stages.NAME.KEY=VALUE`.
     """
-    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "stages"])
+    base = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("stages", "init")])
+    root_init = {k: v for k, v in (cfg.get("init") or {}).items() if v is not None and v is not False}
     stages = cfg.get("stages")
     if not stages:
-        return [("train", base)]
+        scfg = base.copy()
+        with open_dict(scfg):
+            scfg.stage = {"name": "train", "init": root_init or None}
+        return [("train", scfg)]
     out = []
     for name, node in stages.items():
         if node is None:
             continue
+        if not out and root_init:  # the root's init seeds the first stage, under the stage's own
+            node = OmegaConf.merge(node, {"init": OmegaConf.merge(root_init, node.get("init") or {})})
         scfg = base.copy()
         with open_dict(scfg):
             for key, value in node.items():
@@ -166,6 +172,22 @@ def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str
     return out
 
 
+def check_stages(cfg: DictConfig) -> None:
+    """Every stage's trainer settings and section values, before the first stage trains: one line naming the stage
+    (a typo in stage 2 must not wait for stage 1 to train)."""
+    from .schema import check_sections
+
+    check_sections(cfg)
+    trainer_config(cfg.trainer)
+    stages = stage_configs(cfg)
+    for name, scfg in stages if cfg.get("stages") else []:
+        check_sections(scfg, f"stages.{name}.")
+        trainer_config(scfg.trainer, where=f"stages.{name}.trainer")
+        for key in (scfg.stage.get("pseudo_label") or {}):
+            if key not in PSEUDO_LABEL_KEYS:
+                raise UserError(f"stages.{name}.pseudo_label: unknown key '{key}'; valid: {', '.join(PSEUDO_LABEL_KEYS)}")
+
+
 # ---- building a stage -----------------------------------------------------------------------------------------------
 def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir: Path, loggers: list,
                 device: torch.device, previous: Handoff | None, counters: Any,
@@ -189,7 +211,7 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
     with open_dict(scfg):
         scfg.data_info = data.info
     net = TaskNet(build(scfg.model, "model"), build(scfg.head, "head"))
-    if init.get("checkpoint"):
+    if init.get("checkpoint") and resume is None:  # (a resumed stage's weights come from last.pt)
         _init_weights(net, init, previous, name)
     bn_frozen = apply_freeze(net, opts.get("trainable"), opts.get("frozen"))
     text = OmegaConf.to_yaml(scfg, resolve=True)

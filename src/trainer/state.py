@@ -114,7 +114,8 @@ def setup_training(stage: Stage, device: torch.device, counters: Counters,
         model = torch.compile(model)
     ema = WeightEMA(net, tcfg.ema_decay) if tcfg.ema_decay else None  # after DDP has given every rank rank 0's weights
     state = TrainState(net=net, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema,
-                       tracker=tracker, guard=NonFiniteGuard(device, tcfg.precision), counters=counters)
+                       tracker=tracker, guard=NonFiniteGuard(device, tcfg.precision, tcfg.divergence_factor),
+                       counters=counters)
     if resume is not None:
         state.load_state_dict(resume)
         log.info(f"resumed stage '{stage.name}' at epoch {state.counters.epoch + 1}, step {state.counters.step}")

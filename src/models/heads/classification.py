@@ -22,10 +22,11 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Interval
 
 from .base import Head
 
@@ -42,7 +43,8 @@ def metric_name(class_name: str) -> str:
 class ClassificationHead(Head):
     monitor, monitor_mode = "acc", "max"
 
-    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None, label_smoothing: float = 0.0,
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None,
+                 label_smoothing: Annotated[float, Interval(ge=0, lt=1)] = 0.0,
                  per_class_metrics: bool = True, save_confusion: Sequence[str] = ("test",), loss: str = "ce",
                  per_class_f1: bool = False):
         super().__init__()
