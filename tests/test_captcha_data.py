@@ -112,3 +112,19 @@ def test_undecodable_image_is_a_clear_error(tmp_path):
     dm.setup()
     with pytest.raises(UserError, match="cannot decode image .*efgh.png"):
         [dm.splits["train"][i] for i in range(2)]
+
+
+def test_two_processes_rendering_one_cache_take_turns(tmp_path):
+    """torchrun's ranks and parallel sweep jobs render the same new cache at once: one renders, the other waits and
+    reads it (before, the first to finish removed the parts folder the other was writing into)."""
+    import multiprocessing as mp
+
+    args = (tmp_path, 1000, 96, 4, 40, 16, (160, 60), 1)
+    with mp.get_context("fork").Pool(2) as pool:
+        first, second = pool.starmap(_cached_labels, [args, args])
+    assert first == second and len(first) == 96
+    assert not list((tmp_path / "captcha").glob("*.parts"))
+
+
+def _cached_labels(*args) -> list:
+    return cached_split(*args)["y"].tolist()

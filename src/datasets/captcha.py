@@ -12,6 +12,7 @@ is the label, e.g. `xkcd.png` or `xkcd_0412.jpg`; sub-folders train/, val/, test
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import multiprocessing as mp
@@ -198,6 +199,24 @@ def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: i
     except OSError as e:
         raise UserError(f"cannot create the captcha cache in {parts.parent}: {e.strerror}; set paths.cache_dir to a "
                         "writable folder, or dataset.cache=false to render on the fly") from None
+    # One process renders a cache at a time (torchrun's ranks, parallel sweep jobs): the others wait, then read it.
+    with open(parts.with_name(parts.name.removesuffix(".parts") + ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info(f"waiting for another process rendering the same {what} into {parts.parent}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        arrays = _load(files, n)
+        if arrays is not None:  # it was that process's to render
+            return arrays
+        parts.mkdir(parents=True, exist_ok=True)
+        return _render_and_join(parts, files, split_seed, n, length, width, height, render_size, workers, what,
+                                alphabet)
+
+
+def _render_and_join(parts: Path, files: dict[str, Path], split_seed: int, n: int, length: int, width: int,
+                     height: int, render_size: tuple[int, int], workers: int, what: str,
+                     alphabet: str) -> dict[str, np.ndarray]:
     chunks = [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
     todo = [(a, b) for a, b in chunks if not _part(parts, a, b).is_file()]
     kept = n - sum(b - a for a, b in todo)
