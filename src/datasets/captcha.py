@@ -1,7 +1,12 @@
 """Image captchas of 4 letters, case-insensitive (problem 2 of PROBLEMS.md).
 
-Rendered offline by the `captcha` package (BSD; its bundled DroidSansMono font) from random strings of mixed-case
-letters; the label is the lower-cased string, 26 classes per position. Rendering is at the package's 160x60;
+Rendered offline by the `captcha` package (BSD) from random strings of mixed-case letters; the label is the lower-cased
+string, 26 classes per position. The package draws in its bundled DroidSansMono unless given fonts; a reader trained
+on one typeface reads little else (40% whole-captcha on DejaVu Sans for a model at 98.6% on DroidSansMono), so the
+training split is drawn from a pool of fonts (`fonts`: files, folders, `captcha` for the package's font, `matplotlib`
+for the text fonts matplotlib ships), one font per captcha. Fonts named in `held_out_fonts` are taken out of the pool
+for training and render the `val_unseen`/`test_unseen` splits alone, which measure reading fonts never trained on;
+`val`/`test` stay in `test_fonts` (the package's font: the problem's own test set). Rendering is at the package's 160x60;
 `width`/`height` resize to the model's input size. Sample i of a split is rendered from the seed
 (split seed, i), so the validation and test sets are identical on every machine and run. Rendering costs ~3 ms an
 image on one core, more than the training step of a small CNN, so a split is rendered once, in parallel processes,
@@ -23,6 +28,7 @@ import signal
 import string
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -32,13 +38,18 @@ from PIL import Image, UnidentifiedImageError
 
 from trainer.errors import UserError
 from trainer.progress import Activity
+from trainer.schema import Check
 
+from . import fonts as fontpool
 from .base import ArrayDataset, DataModule, SequentialBatches, image_inputs
+from .fonts import fonts_problem
 
 log = logging.getLogger("trainer")
 
 ALPHABET = string.ascii_lowercase
-SPLIT_SEEDS = {"train": 1_000, "val": 2_000, "test": 3_000}  # fixed: val/test never change with the run's seed
+SPLIT_SEEDS = {"train": 1_000, "val": 2_000, "test": 3_000,  # fixed: val/test never change with the run's seed
+               "val_unseen": 4_000, "test_unseen": 5_000}
+UNSEEN_SPLITS = ("val_unseen", "test_unseen")
 RENDER_VERSION = 1  # bump when rendering changes, to invalidate caches
 
 
@@ -59,20 +70,25 @@ class _SeededSecrets:
         return self._rng.choice(seq)
 
 
-_generators: dict[tuple[int, int], Any] = {}
+_generators: dict[tuple[int, int, str | None], Any] = {}
 
 
 def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
-           size: tuple[int, int] | None = None, alphabet: str = ALPHABET) -> tuple[np.ndarray, str]:
+           size: tuple[int, int] | None = None, alphabet: str = ALPHABET,
+           fonts: tuple[str, ...] = ()) -> tuple[np.ndarray, str]:
     """One captcha rendered at width x height, optionally resized to size=(w, h): (grey uint8 (h, w), label).
-    Its characters are drawn from `alphabet` and the upper case of its letters; the label is lower case."""
+    Its characters are drawn from `alphabet` and the upper case of its letters; the label is lower case. It is drawn
+    in one of `fonts` (font files; none: the package's own), chosen by the seed after the text, so a one-font list
+    draws the same text as the package's default."""
     import captcha.image as cimg
 
     rng = random.Random(seed)
     text = "".join(rng.choice(drawn_from(alphabet)) for _ in range(length))
-    gen = _generators.get((width, height))
+    font = _pick(rng, fonts)
+    gen = _generators.get((width, height, font))
     if gen is None:
-        gen = _generators[(width, height)] = cimg.ImageCaptcha(width=width, height=height)
+        gen = _generators[(width, height, font)] = cimg.ImageCaptcha(width=width, height=height,
+                                                                     fonts=[font] if font else None)
     real = cimg.secrets
     cimg.secrets = _SeededSecrets(seed)
     try:
@@ -83,6 +99,18 @@ def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
     if size is not None and size != (width, height):
         image = image.resize(size, Image.BILINEAR, reducing_gap=None)
     return np.asarray(image), text.lower()
+
+
+def _pick(rng: random.Random, fonts: tuple[str, ...]) -> str | None:
+    return (fonts[rng.randrange(len(fonts))] if len(fonts) > 1 else fonts[0]) if fonts else None
+
+
+def font_of(seed: int, fonts: tuple[str, ...], length: int = 4, alphabet: str = ALPHABET) -> str | None:
+    """The font `render` draws captcha `seed` in."""
+    rng = random.Random(seed)
+    for _ in range(length):
+        rng.choice(drawn_from(alphabet))
+    return _pick(rng, fonts)
 
 
 def drawn_from(alphabet: str) -> str:
@@ -104,11 +132,12 @@ def check_alphabet(alphabet: str) -> str:
 
 
 def _render_chunk(args: tuple) -> tuple[int, int, np.ndarray, np.ndarray]:
-    split_seed, start, stop, length, width, height, render_size, alphabet = args
+    split_seed, start, stop, length, width, height, render_size, alphabet, fonts = args
     images = np.empty((stop - start, height, width), dtype=np.uint8)
     labels = np.empty((stop - start, length), dtype=np.int64)
     for j, i in enumerate(range(start, stop)):
-        image, text = render(_seed(split_seed, i), length, *render_size, size=(width, height), alphabet=alphabet)
+        image, text = render(_seed(split_seed, i), length, *render_size, size=(width, height), alphabet=alphabet,
+                             fonts=fonts)
         images[j], labels[j] = image, encode(text, alphabet)
     return start, stop, images, labels
 
@@ -129,10 +158,12 @@ CHUNK = 500
 
 
 def _cache_key(split_seed: int, n: int | str, length: int, width: int, height: int,
-               render_size: tuple[int, int], alphabet: str = ALPHABET) -> str:
+               render_size: tuple[int, int], alphabet: str = ALPHABET, fonts: tuple[str, ...] = ()) -> str:
     key = f"v{RENDER_VERSION}-seed{split_seed}-n{n}-len{length}-{width}x{height}-from{render_size[0]}x{render_size[1]}"
     if alphabet != ALPHABET:  # (the default's caches keep the names they had)
         key += f"-abc{hashlib.sha1(alphabet.encode()).hexdigest()[:6]}"
+    if fonts and [Path(f) for f in fonts] != fontpool.named_fonts("captcha"):  # (the package's own font: as before)
+        key += f"-fonts{fontpool.digest([Path(f) for f in fonts])}"
     return key
 
 
@@ -156,10 +187,11 @@ def _load(files: dict[str, Path], n: int) -> dict[str, np.ndarray] | None:
 
 
 def _larger_cache(cache_dir: Path, split_seed: int, n: int, length: int, width: int, height: int,
-                  render_size: tuple[int, int], alphabet: str = ALPHABET) -> dict[str, np.ndarray] | None:
+                  render_size: tuple[int, int], alphabet: str = ALPHABET,
+                  fonts: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
     """A finished cache of the same captchas with more samples: sample i is a pure function of (seed, i), so the
     first n of a larger split are this split (a debug run after a full one renders nothing)."""
-    pattern = _cache_key(split_seed, "*", length, width, height, render_size, alphabet) + "-*.x.npy"
+    pattern = _cache_key(split_seed, "*", length, width, height, render_size, alphabet, fonts) + "-*.x.npy"
     sizes = []
     for path in (Path(cache_dir) / "captcha").glob(pattern):
         try:
@@ -168,7 +200,7 @@ def _larger_cache(cache_dir: Path, split_seed: int, n: int, length: int, width: 
             continue
     for size in sorted(s for s in sizes if s > n):
         arrays = _load(_cache_files(cache_dir, _cache_key(split_seed, size, length, width, height, render_size,
-                                                          alphabet)), n)
+                                                          alphabet, fonts)), n)
         if arrays is not None:
             return arrays
     return None
@@ -176,13 +208,15 @@ def _larger_cache(cache_dir: Path, split_seed: int, n: int, length: int, width: 
 
 def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: int, height: int,
                  render_size: tuple[int, int], workers: int, what: str = "captchas",
-                 alphabet: str = ALPHABET) -> dict[str, np.ndarray]:
-    """Render once and memory-map afterwards. The file name carries every parameter that changes the pixels.
+                 alphabet: str = ALPHABET, fonts: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Render once and memory-map afterwards. The file name carries every parameter that changes the pixels (the
+    fonts as a hash of their file names and contents).
 
     Rendering goes into part files of CHUNK samples under `<cache>.parts/`, one per finished job, with a progress
     display (count, rate, ETA); they are joined into the cache file at the end. A Ctrl-C stops it with one line and
     keeps the parts, so the next run renders only what is missing."""
-    key = _cache_key(split_seed, n, length, width, height, render_size, alphabet)
+    fonts = tuple(str(f) for f in fonts)
+    key = _cache_key(split_seed, n, length, width, height, render_size, alphabet, fonts)
     files = _cache_files(cache_dir, key)
     arrays = _load(files, n)
     if arrays is not None:
@@ -190,7 +224,7 @@ def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: i
     if files["x"].is_file():
         log.warning(f"captcha cache {files['x']} is unreadable; rendering it again")
     else:
-        arrays = _larger_cache(cache_dir, split_seed, n, length, width, height, render_size, alphabet)
+        arrays = _larger_cache(cache_dir, split_seed, n, length, width, height, render_size, alphabet, fonts)
         if arrays is not None:
             return arrays
     parts = files["x"].with_name(files["x"].name.removesuffix(".x.npy") + ".parts")
@@ -211,12 +245,12 @@ def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: i
             return arrays
         parts.mkdir(parents=True, exist_ok=True)
         return _render_and_join(parts, files, split_seed, n, length, width, height, render_size, workers, what,
-                                alphabet)
+                                alphabet, fonts)
 
 
 def _render_and_join(parts: Path, files: dict[str, Path], split_seed: int, n: int, length: int, width: int,
                      height: int, render_size: tuple[int, int], workers: int, what: str,
-                     alphabet: str) -> dict[str, np.ndarray]:
+                     alphabet: str, fonts: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     chunks = [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
     todo = [(a, b) for a, b in chunks if not _part(parts, a, b).is_file()]
     kept = n - sum(b - a for a, b in todo)
@@ -224,7 +258,8 @@ def _render_and_join(parts: Path, files: dict[str, Path], split_seed: int, n: in
     if todo:
         log.info(f"rendering {n - kept:,} {what} (seed {split_seed}) into {parts.parent} with {workers} process(es)"
                  + (f"; {kept:,} were rendered before" if kept else "") + "; later runs reuse them")
-        _render_parts(parts, todo, (split_seed, length, width, height, render_size, alphabet), workers, n, kept, what)
+        _render_parts(parts, todo, (split_seed, length, width, height, render_size, alphabet, fonts), workers, n,
+                      kept, what)
     _join_parts(parts, chunks, files, n, length, height, width)
     return _load(files, n)
 
@@ -235,8 +270,8 @@ def _part(parts: Path, start: int, stop: int) -> Path:
 
 def _render_parts(parts: Path, todo: list[tuple[int, int]], spec: tuple, workers: int, n: int, kept: int,
                   what: str) -> None:
-    split_seed, length, width, height, render_size, alphabet = spec
-    jobs = [(split_seed, a, b, length, width, height, render_size, alphabet) for a, b in todo]
+    split_seed, length, width, height, render_size, alphabet, fonts = spec
+    jobs = [(split_seed, a, b, length, width, height, render_size, alphabet, fonts) for a, b in todo]
     t0 = time.monotonic()
     with Activity(f"rendering {what}", n, unit=what.split()[-1], start=kept) as shown:
         try:
@@ -297,21 +332,33 @@ class _OnTheFly(torch.utils.data.Dataset):
     """Renders in DataLoader workers instead of caching; with fresh_each_epoch, every epoch sees new captchas."""
 
     def __init__(self, split_seed: int, n: int, length: int, width: int, height: int, render_size: tuple[int, int],
-                 fresh_each_epoch: bool, alphabet: str = ALPHABET):
+                 fresh_each_epoch: bool, alphabet: str = ALPHABET, fonts: tuple[str, ...] = ()):
         self.split_seed, self.n, self.length, self.width, self.height = split_seed, n, length, width, height
-        self.render_size, self.fresh, self.alphabet = render_size, fresh_each_epoch, alphabet
+        self.render_size, self.fresh, self.alphabet, self.fonts = render_size, fresh_each_epoch, alphabet, fonts
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, text = render(_seed(self.split_seed, index), self.length, *self.render_size, size=(self.width, self.height),
-                             alphabet=self.alphabet)
+                             alphabet=self.alphabet, fonts=self.fonts)
         return {"x": torch.tensor(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text, self.alphabet))}
 
 
+class _Pending(torch.utils.data.Dataset):
+    """A split rendered only when a loader reads it (`trainer.also_evaluate`, `mode=eval split=`): a run that never
+    scores the unseen-font test split does not spend a minute rendering it."""
+
+    def __init__(self, n: int, make):
+        self.n, self.make = n, make
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class CaptchaData(DataModule):
-    """Rendered captchas: train/val/test splits of fixed seeds (val and test never change with the run's seed)."""
+    """Rendered captchas: train/val/test splits of fixed seeds (val and test never change with the run's seed), and
+    val_unseen/test_unseen in the held-out fonts when `held_out_fonts` names some."""
     machine_keys = DataModule.machine_keys | {"render_workers", "cache_dir", "cache"}
 
     def __init__(
@@ -329,6 +376,11 @@ class CaptchaData(DataModule):
         fresh_each_epoch: bool = False,
         render_workers: int = 0,
         alphabet: str = ALPHABET,
+        fonts: Annotated[Sequence[str], Check(fonts_problem)] = ("captcha",),
+        held_out_fonts: Sequence[str] = (),
+        test_fonts: Annotated[Sequence[str], Check(fonts_problem)] = ("captcha",),
+        val_unseen_size: Annotated[int, Ge(0)] = 2_000,
+        test_unseen_size: Annotated[int, Ge(0)] = 10_000,
         **loader: Any,
     ):
         super().__init__(**loader)
@@ -336,18 +388,38 @@ class CaptchaData(DataModule):
         self.length, self.width, self.height = length, width, height
         self.render_size = (render_width, render_height)
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.unseen_sizes = {"val_unseen": val_unseen_size, "test_unseen": test_unseen_size}
         self.cache, self.cache_dir, self.fresh = cache, Path(cache_dir), fresh_each_epoch
         self.render_workers = render_workers or max(os.cpu_count() or 1, 1)
+        # (resolved in setup, not here: mode=predict builds this from a checkpoint and needs no font)
+        self.font_entries = [str(f) for f in fonts]
+        self.held_out_names = [str(f) for f in held_out_fonts]
+        self.test_font_entries = [str(f) for f in test_fonts]
+        self.split_fonts: dict[str, tuple[str, ...]] = {}
+
+    def resolve_fonts(self) -> dict[str, tuple[str, ...]]:
+        """The font files of each split: train draws from the pool less the held-out fonts, val/test from
+        `test_fonts`, val_unseen/test_unseen from the held-out fonts only. Checked before anything is rendered."""
+        chars = drawn_from(self.alphabet)
+        pool = fontpool.resolve(self.font_entries, chars, "dataset.fonts")
+        train, held = fontpool.split_held_out(pool, self.held_out_names, "dataset.held_out_fonts")
+        test = fontpool.resolve(self.test_font_entries, chars, "dataset.test_fonts")
+        out = {"train": train, "val": test, "test": test}
+        if held:
+            out.update(val_unseen=held, test_unseen=held)
+        return {split: tuple(str(f) for f in fs) for split, fs in out.items()}
 
     def limit_samples(self, limits: dict[str, int]) -> None:
         """Render no more of a split than the trainer will read (debug presets: a few batches, not 212k captchas).
         Sample i is the same captcha in a split of any size, so the limited splits are the first samples of the
         full ones (read from a full cache when there is one)."""
-        cut = {split: n for split, n in limits.items() if split in self.sizes and 0 < n < self.sizes[split]}
+        sizes = {**self.sizes, **self.unseen_sizes}
+        cut = {split: n for split, n in limits.items() if split in sizes and 0 < n < sizes[split]}
         if cut:
             log.info("captchas limited to what this run reads: " + ", ".join(
-                f"{split} {cut[split]:,} of {n:,}" for split, n in self.sizes.items() if split in cut))
-            self.sizes.update(cut)
+                f"{split} {cut[split]:,} of {n:,}" for split, n in sizes.items() if split in cut))
+            self.sizes.update({k: v for k, v in cut.items() if k in self.sizes})
+            self.unseen_sizes.update({k: v for k, v in cut.items() if k in self.unseen_sizes})
 
     @property
     def info(self) -> dict[str, Any]:
@@ -355,23 +427,35 @@ class CaptchaData(DataModule):
                 "height": self.height, "width": self.width, "alphabet": self.alphabet}
 
     def setup(self, stage: str = "fit") -> None:
-        if stage == "predict":  # the alphabet and image size are config: nothing to render
+        if stage == "predict":  # the alphabet and image size are config: nothing to render, no font needed
             return
-        for split, n in self.sizes.items():
+        self.split_fonts = self.resolve_fonts()
+        sizes = {**self.sizes, **{s: n for s, n in self.unseen_sizes.items() if s in self.split_fonts}}
+        for split, n in sizes.items():
             if n <= 0:
                 continue
-            seed = SPLIT_SEEDS[split]
             # mode=eval scores one split, normally test: the training split is rendered only if it is the one asked for
             lazy_train = split == "train" and (self.fresh or stage == "eval")
-            if self.cache and not lazy_train:
-                arrays = cached_split(self.cache_dir, seed, n, self.length, self.width, self.height,
-                                      self.render_size, self.render_workers, what=f"{split} captchas",
-                                      alphabet=self.alphabet)
-                self.splits[split] = ArrayDataset(arrays, transform=_to_float)
+            if self.cache and not lazy_train and split not in UNSEEN_SPLITS:
+                self.splits[split] = self._cached(split, n)
+            elif self.cache and split in UNSEEN_SPLITS:
+                self.splits[split] = _Pending(n, lambda split=split, n=n: self._cached(split, n))
             else:
-                self.splits[split] = _OnTheFly(seed, n, self.length, self.width, self.height, self.render_size,
-                                               fresh_each_epoch=split == "train" and self.fresh,
-                                               alphabet=self.alphabet)
+                self.splits[split] = _OnTheFly(SPLIT_SEEDS[split], n, self.length, self.width, self.height,
+                                               self.render_size, fresh_each_epoch=split == "train" and self.fresh,
+                                               alphabet=self.alphabet, fonts=self.split_fonts[split])
+
+    def _cached(self, split: str, n: int) -> ArrayDataset:
+        fonts = self.split_fonts[split]
+        arrays = cached_split(self.cache_dir, SPLIT_SEEDS[split], n, self.length, self.width, self.height,
+                              self.render_size, self.render_workers, what=f"{split} captchas", alphabet=self.alphabet,
+                              fonts=fonts)
+        return ArrayDataset(arrays, transform=_to_float)
+
+    def loader(self, split: str, **kwargs: Any):
+        if isinstance(self.splits.get(split), _Pending) and kwargs.get("dataset") is None:
+            self.splits[split] = self.splits[split].make()
+        return super().loader(split, **kwargs)
 
     def plan(self, split: str, train: bool):
         if train and self.fresh:  # an endless stream: epoch e renders indices [e*n, (e+1)*n)

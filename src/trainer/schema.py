@@ -19,6 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 
+
+class Check:
+    """An `Annotated` marker for what a type cannot say: `fn(value)` returns why the value is bad, or None (e.g.
+    `Annotated[list[str], Check(fonts_problem)]`: font files that must exist). Keep it cheap: it runs at composition."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+
 HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 SECTIONS = ("dataset", "model", "head", "optim", "sched")
 
@@ -66,7 +75,8 @@ def _problem(value: Any, hint: Any) -> str | None:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Annotated:
         problem = _problem(value, args[0])
-        return problem or next((p for p in (_bound(value, m) for m in args[1:]) if p), None)
+        return problem or next((p for p in (m.fn(value) if isinstance(m, Check) else _bound(value, m)
+                                            for m in args[1:]) if p), None)
     if hint is Any or isinstance(hint, typing.TypeVar):
         return None
     if hint is type(None):

@@ -1,0 +1,165 @@
+"""Font pools for rendered text: named entries and folders resolved to font files, each checked to be a font that
+has the glyphs it will draw, a content hash for cache keys, and held-out fonts chosen by name.
+
+An entry of a font list is a font file (.ttf, .otf, .ttc, .woff, .woff2: whatever FreeType reads), a folder (its font
+files, recursively), or one of two names of fonts that install with the project:
+  - `captcha`: the `captcha` package's bundled DroidSansMono (Apache 2.0), what the package draws in by default;
+  - `matplotlib`: the text fonts matplotlib ships (a dependency): DejaVu Sans, Sans Mono and Serif in four styles
+    each, STIX General in four, Computer Modern roman, bold, italic, sans and typewriter. Its other files are symbol
+    fonts that map letters to other shapes (cmsy10, cmex10, STIXSiz*) or have no letters at all (STIXNonUni*,
+    *Display, LastResort), so they are listed by name rather than globbed.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib.util
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from trainer.errors import UserError
+
+FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".woff", ".woff2")
+MATPLOTLIB_FONTS = (
+    "DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique",
+    "DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique",
+    "DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic",
+    "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",
+    "cmr10", "cmb10", "cmti10", "cmss10", "cmtt10",
+)
+NAMED = ("captcha", "matplotlib")
+_ABSENT = "\U0010fffd"  # a private-use code point no text font maps: what a missing glyph renders as
+
+
+def _package_dir(name: str) -> Path:
+    """A package's folder without importing it (matplotlib's import costs a second; only its files are wanted)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"font list entry '{name}' needs the {name} package (pip install {name})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def named_fonts(name: str) -> list[Path]:
+    if name == "captcha":
+        return [_package_dir("captcha") / "data" / "DroidSansMono.ttf"]
+    folder = _package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
+    return [folder / f"{stem}.ttf" for stem in MATPLOTLIB_FONTS]
+
+
+def entry_problem(entry: str) -> str | None:
+    """Why one font list entry cannot be used (not there, an empty folder, a file that is not a font), or None.
+    Cheap (FreeType reads the header): the config check runs it on every entry before any work."""
+    if entry in NAMED:
+        return None
+    path = Path(entry).expanduser()
+    if path.is_dir():
+        if not _fonts_in(path):
+            return f"no font files ({' '.join(FONT_SUFFIXES)}) in folder {path}"
+        return None
+    if not path.is_file():
+        return f"font file not found: {path}"
+    return _not_a_font(path)
+
+
+def fonts_problem(entries: Sequence[str] | None) -> str | None:
+    """The config check of a font list (`schema.Check`): the first entry's problem, or None. Interpolations are
+    checked once resolved, when the dataset is set up."""
+    for entry in entries or ():
+        if isinstance(entry, str) and "${" not in entry:
+            problem = entry_problem(entry)
+            if problem:
+                return problem
+    return None
+
+
+def _fonts_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in FONT_SUFFIXES)
+
+
+def _not_a_font(path: Path) -> str | None:
+    from PIL import ImageFont
+
+    try:
+        ImageFont.truetype(str(path), 12)
+    except OSError as e:
+        return f"{path} is not a font file FreeType can read ({e}); give .ttf, .otf, .ttc, .woff or .woff2 files"
+    return None
+
+
+@lru_cache(maxsize=None)
+def missing_glyphs(path: str, chars: str) -> str:
+    """The characters of `chars` the font has no glyph for: they render as its .notdef box (or nothing), the shape
+    a code point no font maps gets."""
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(path, 24)
+
+    def shape(c: str) -> tuple[tuple[int, int], bytes]:
+        mask = font.getmask(c)
+        return mask.size, bytes(mask)
+
+    absent = shape(_ABSENT)
+    return "".join(c for c in chars if shape(c) == absent)
+
+
+def resolve(entries: Sequence[str], chars: str, where: str) -> list[Path]:
+    """The font files of a font list, in order, each once, each with a glyph for every character of `chars`. A font
+    named as a file that lacks some is an error; one found in a folder is skipped with a warning (system folders hold
+    symbol fonts)."""
+    import logging
+
+    log = logging.getLogger("trainer")
+    out: list[Path] = []
+    for entry in entries:
+        entry = str(entry)
+        problem = entry_problem(entry)
+        if problem:
+            raise UserError(f"{where}: {problem}")
+        if entry in NAMED:
+            files, named = named_fonts(entry), True
+        else:
+            path = Path(entry).expanduser()
+            files, named = (_fonts_in(path), False) if path.is_dir() else ([path], True)
+        for f in files:
+            if not named and _not_a_font(f):
+                log.warning(f"{where}: skipping {f}: FreeType cannot read it")
+                continue
+            if not f.is_file():
+                raise UserError(f"{where}: font file not found: {f} (from '{entry}')")
+            missing = missing_glyphs(str(f), chars)
+            if missing:
+                if named:
+                    raise UserError(f"{where}: {f} has no glyph for '{missing}'; give fonts that draw every "
+                                    "character of dataset.alphabet (upper case too)")
+                log.warning(f"{where}: skipping {f}: no glyph for '{missing}'")
+                continue
+            if f.resolve() not in {o.resolve() for o in out}:
+                out.append(f)
+    if not out:
+        raise UserError(f"{where}: no usable font in {list(entries)}")
+    return out
+
+
+def split_held_out(pool: list[Path], names: Sequence[str], where: str) -> tuple[list[Path], list[Path]]:
+    """(training fonts, held-out fonts): a font is held out when its file name without suffix matches one of
+    `names` (shell wildcards, case-insensitive: `DejaVuSans`, `DejaVuSans-*`). Every name must match a pool font."""
+    held = []
+    for name in names:
+        hits = [f for f in pool if fnmatch.fnmatch(f.stem.lower(), str(name).lower())]
+        if not hits:
+            raise UserError(f"{where}: '{name}' names no font of dataset.fonts (whose fonts are "
+                            f"{', '.join(f.stem for f in pool)})")
+        held += [f for f in hits if f not in held]
+    train = [f for f in pool if f not in held]
+    if not train:
+        raise UserError(f"{where} holds out every font of dataset.fonts; leave some to train on")
+    return train, [f for f in pool if f in held]
+
+
+def digest(fonts: Sequence[Path]) -> str:
+    """A hash of the fonts' file names and contents, in order (the order decides which font draws which sample)."""
+    h = hashlib.sha1()
+    for f in fonts:
+        h.update(f.name.encode() + b"\0" + hashlib.sha1(Path(f).read_bytes()).digest())
+    return h.hexdigest()[:10]

@@ -1,0 +1,120 @@
+"""Captchas from a pool of fonts: seeded and reproducible renders, held-out fonts that training never draws in, a cache
+keyed by the fonts' contents, and a bad font list as one line (at composition where it can be, else at set-up)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from trainer.datasets import fonts as fontpool
+from trainer.datasets.captcha import SPLIT_SEEDS, CaptchaData, _seed, cached_split, font_of, render
+from trainer.errors import UserError
+from trainer.schema import check_section
+
+SMALL = dict(width=32, height=12, render_workers=1, batch_size=8)
+HELD = ["DejaVuSans", "DejaVuSans-*", "cmr10"]
+
+
+def _pool() -> tuple[str, ...]:
+    return tuple(str(f) for f in fontpool.named_fonts("captcha") + fontpool.named_fonts("matplotlib"))
+
+
+def test_rendering_with_a_font_list_is_seeded_and_reproducible(tmp_path):
+    pool = _pool()
+    a, text_a = render(11, fonts=pool)
+    b, text_b = render(11, fonts=pool)
+    assert np.array_equal(a, b) and text_a == text_b
+    # the text does not depend on the fonts; the drawing does
+    other, text_other = render(11, fonts=pool[1:2])
+    assert text_other == text_a and not np.array_equal(a, other)
+    # the package's own font as a one-font list draws what the package draws by default
+    assert np.array_equal(render(11, fonts=(pool[0],))[0], render(11)[0])
+    # a whole cache: the same with 1 or 2 render processes, in another folder
+    first = cached_split(tmp_path / "a", 7, 24, 4, 32, 12, (160, 60), workers=2, fonts=pool)
+    again = cached_split(tmp_path / "b", 7, 24, 4, 32, 12, (160, 60), workers=1, fonts=pool)
+    assert np.array_equal(first["x"], again["x"]) and np.array_equal(first["y"], again["y"])
+    # several fonts are used, one per captcha
+    assert len({font_of(_seed(7, i), pool) for i in range(24)}) > 5
+
+
+def test_held_out_fonts_never_draw_a_training_captcha(tmp_path):
+    dm = CaptchaData(fonts=["captcha", "matplotlib"], held_out_fonts=HELD, train_size=40, val_size=8, test_size=8,
+                     val_unseen_size=16, test_unseen_size=8, cache_dir=str(tmp_path), **SMALL)
+    dm.setup()
+    held = {f for f in _pool() if f.rsplit("/", 1)[-1] in ("DejaVuSans.ttf", "cmr10.ttf")
+            or "/DejaVuSans-" in f}
+    assert len(held) == 5  # DejaVu Sans in four styles, cmr10
+    train, unseen = set(dm.split_fonts["train"]), set(dm.split_fonts["val_unseen"])
+    assert unseen == held and not train & held and train | held == set(_pool())
+    x = dm.splits["train"].arrays["x"]
+    for i in range(40):  # each training captcha is the render of its one font, which is never held out
+        font = font_of(_seed(SPLIT_SEEDS["train"], i), dm.split_fonts["train"])
+        assert font not in held
+        alone = render(_seed(SPLIT_SEEDS["train"], i), size=(32, 12), fonts=(font,))[0]
+        assert np.array_equal(x[i, 0], alone)
+    # val/test stay in the package's font: the captchas of before
+    assert dm.split_fonts["test"] == tuple(str(f) for f in fontpool.named_fonts("captcha"))
+    # the unseen splits are rendered only when read, in held-out fonts only
+    assert not list((tmp_path / "captcha").glob("v1-seed4000-*"))
+    batch = next(iter(dm.loader("val_unseen")))
+    assert batch["x"].shape == (8, 1, 12, 32) and list((tmp_path / "captcha").glob("v1-seed4000-*.x.npy"))
+    for i in range(16):
+        assert font_of(_seed(SPLIT_SEEDS["val_unseen"], i), dm.split_fonts["val_unseen"]) in held
+
+
+def test_the_cache_is_keyed_by_font_contents(tmp_path):
+    mine, other = tmp_path / "a" / "mine.ttf", tmp_path / "b" / "mine.ttf"  # same name, another font
+    for path, font in ((mine, 0), (other, 8)):
+        path.parent.mkdir()
+        shutil.copy(fontpool.named_fonts("matplotlib")[font], path)
+    first = cached_split(tmp_path, 9, 8, 4, 32, 12, (160, 60), workers=1, fonts=(str(mine),))
+    second = cached_split(tmp_path, 9, 8, 4, 32, 12, (160, 60), workers=1, fonts=(str(other),))
+    assert not np.array_equal(first["x"], second["x"])
+    assert len(list((tmp_path / "captcha").glob("*.x.npy"))) == 2
+    # the package's font keeps the cache name it had before font pools
+    cached_split(tmp_path, 9, 8, 4, 32, 12, (160, 60), workers=1, fonts=tuple(map(str, fontpool.named_fonts("captcha"))))
+    assert len(list((tmp_path / "captcha").glob("v1-seed9-n8-len4-32x12-from160x60-????????.x.npy"))) == 1
+
+
+def _node(**dataset):
+    return OmegaConf.create({"_target_": "trainer.datasets.captcha.CaptchaData", **dataset})
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: str(d / "missing.ttf"), "font file not found: .*missing.ttf"),
+    (lambda d: (d / "notes.ttf").write_text("not a font") and str(d / "notes.ttf"), ".*notes.ttf is not a font file"),
+    (lambda d: (d / "empty").mkdir() or str(d / "empty"), "no font files .* in folder .*empty"),
+])
+def test_a_bad_font_is_one_line_at_composition_and_at_set_up(tmp_path, make, message):
+    entry = make(tmp_path)
+    with pytest.raises(UserError, match=f"bad value for 'dataset.fonts': {message}"):
+        check_section(_node(fonts=["captcha", entry]), "dataset")
+    with pytest.raises(UserError, match=f"bad value for 'dataset.test_fonts': {message}"):
+        check_section(_node(test_fonts=[entry]), "dataset")
+    dm = CaptchaData(fonts=["matplotlib", entry], cache_dir=str(tmp_path), **SMALL)
+    with pytest.raises(UserError, match=f"^dataset.fonts: {message}"):
+        dm.setup()
+    assert not (tmp_path / "captcha").exists()  # before anything is rendered
+
+
+def test_fonts_without_the_letters_and_unknown_held_out_names(tmp_path):
+    symbols = str(fontpool.named_fonts("matplotlib")[0].parent / "STIXSizOneSymReg.ttf")
+    with pytest.raises(UserError, match="STIXSizOneSymReg.ttf has no glyph for 'abc"):
+        CaptchaData(fonts=[symbols], cache_dir=str(tmp_path), **SMALL).setup()
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(symbols, folder)
+    shutil.copy(fontpool.named_fonts("captcha")[0], folder)
+    assert [f.name for f in fontpool.resolve([str(folder)], "abcABC", "dataset.fonts")] == ["DroidSansMono.ttf"]
+    with pytest.raises(UserError, match="'Helvetica' names no font of dataset.fonts"):
+        CaptchaData(fonts=["matplotlib"], held_out_fonts=["Helvetica"], cache_dir=str(tmp_path), **SMALL).setup()
+    with pytest.raises(UserError, match="holds out every font"):
+        CaptchaData(fonts=["captcha"], held_out_fonts=["*"], cache_dir=str(tmp_path), **SMALL).setup()
+
+
+def test_predict_needs_no_font(tmp_path):
+    dm = CaptchaData(fonts=[str(tmp_path / "gone.ttf")], held_out_fonts=["x"], **SMALL)
+    dm.setup("predict")
+    assert dm.splits == {}
