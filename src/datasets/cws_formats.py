@@ -168,12 +168,14 @@ def _char_type(point: int) -> int:
         return DIGIT
     if "A" <= c <= "Z" or "a" <= c <= "z" or "Ａ" <= c <= "Ｚ" or "ａ" <= c <= "ｚ":
         return LATIN
+    if c in "%％‰":  # units like ℃ (the percent signs are punctuation to Unicode)
+        return SYMBOL
     category = unicodedata.category(c)
     if category == "Lo" and unicodedata.name(c, "").startswith("CJK"):
         return HAN
     if category[0] == "P":
         return PUNCTUATION
-    if category[0] == "S" or c in "%％‰":  # units and signs: ℃ ° $ ￥ + = ... (and the percent signs, category Po)
+    if category[0] == "S":  # units and signs: ℃ ° $ ￥ + = ...
         return SYMBOL
     if category[0] == "L":  # other letters (Greek, Cyrillic, kana): like Latin ones, they make words of their own
         return LATIN

@@ -1,0 +1,78 @@
+"""Score segmentation checkpoints on every held-out split at once: the line-position test (the last 10% of 1998-01),
+the date-held-out test (the last 5 issues), their half-width versions, our conventions lines, and validation; with
+the time each took (the figures of docs/results.md's segmentation section).
+
+A model trained with either held-out split can be scored on both: the line split trains on lines before 16,561 and
+the day split on issues 1-25 (lines before 16,736), and both tests lie after both training sets (the line test
+starts at line 17,535, inside issue 27; the day test at 17,551, issue 27's first line).
+
+    .venv/bin/python bench/segmentation_splits.py RUN_DIR_OR_CKPT [...] [--splits test@lines test@days ...]
+    [--normalize-width on|off]   (score as if the checkpoint had been trained with it on or off: an input-side
+                                  change, so its effect on a model trained without it can be measured)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from trainer import checkpoint  # noqa: E402
+from trainer.inference import score  # noqa: E402
+from trainer.stages import TaskNet  # noqa: E402
+
+SPLITS = ["val@days", "test@lines", "test@days", "test_halfwidth@lines", "test_halfwidth@days", "conventions@days"]
+
+
+def load(path: str):
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "best.pt"
+    state = checkpoint.load(p)
+    return p, state, OmegaConf.create(state["config"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("ckpts", nargs="+")
+    ap.add_argument("--splits", nargs="+", default=SPLITS)
+    ap.add_argument("--normalize-width", choices=["on", "off"])
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print("| checkpoint | split | P | R | F1 | OOV rate | OOV recall | IV recall | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for path in args.ckpts:
+        p, state, saved = load(path)
+        net = TaskNet(instantiate(saved.model), instantiate(saved.head))
+        net.load_state_dict(state["net"])
+        modules = {}
+        for name in args.splits:
+            split, _, held_out = name.partition("@")
+            held_out = held_out or saved.dataset.get("held_out", "lines")
+            if held_out not in modules:
+                cfg = saved.dataset.copy()
+                with open_dict(cfg):
+                    cfg.held_out = held_out
+                data = instantiate(cfg)
+                data.load_state_dict(state["data"])
+                if args.normalize_width:
+                    data.normalize_width = args.normalize_width == "on"
+                    data.vocab.fold_width = data.normalize_width
+                data.setup("eval")
+                modules[held_out] = data
+            data = modules[held_out]
+            start = time.perf_counter()
+            m = score(net, data.loader(split), torch.device("cpu"), "fp32", split, progress=False)
+            seconds = time.perf_counter() - start
+            print(f"| {p.parent.parent.name} | {name} | {m['precision']:.2%} | {m['recall']:.2%} | **{m['f1']:.2%}** | "
+                  f"{m['oov_rate']:.2%} | {m['oov_recall']:.1%} | {m['iv_recall']:.1%} | {seconds:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
