@@ -3,6 +3,7 @@
 mixed-width input that comes back byte for byte."""
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -189,3 +190,25 @@ def test_mixed_width_input_comes_back_byte_for_byte(workdir, trained, tmp_path):
         # spaces, which are word boundaries, become separators)
         assert words.replace("  ", "").encode("utf-8") == "".join(line.split()).encode("utf-8")
     assert predicted[3].split("  ") == ["Ｗ", "T", "O"]
+
+
+def test_icwb2_files_train_on_the_whole_file_and_score_in_one_command(workdir, tmp_path):
+    rng = random.Random(3)
+    lines = [[rng.choice(WORDS) for _ in range(rng.randint(2, 6))] + number_words(rng) + ["。"] for _ in range(200)]
+    (tmp_path / "train.utf8").write_text("".join(" ".join(w) + "\n" for w in lines[:180]), encoding="utf-8")
+    # the test file as later text writes it: half-width digits, letters and percent signs
+    gold = ["  ".join(w).translate(str.maketrans("０１２３４５６７８９．％ＡＣＤＥＩＯＰＴＶＷ", "0123456789.%ACDEIOPTVW"))
+            for w in lines[180:]]
+    (tmp_path / "gold.utf8").write_text("".join(g + "\n" for g in gold), encoding="utf-8")
+    (tmp_path / "test.utf8").write_text("".join(g.replace("  ", "") + "\n" for g in gold), encoding="utf-8")
+    cli(workdir, "task=segmentation", "dataset=icwb2", f"dataset.train={tmp_path / 'train.utf8'}",
+        f"dataset.test={tmp_path / 'test.utf8'}", f"dataset.gold={tmp_path / 'gold.utf8'}", "dataset.val_fraction=0",
+        "dataset.word_features=4", "model.embedding_dim=16", "model.channels=16", "model.bigram_dim=4",
+        "model.dilations=[1]", "dataset.batch_size=32", "trainer.max_epochs=1", "trainer.max_time=null",
+        "trainer.progress=false")
+    run = latest_run(workdir, "segmentation")
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "ok" and 0 <= results["test"]["test/f1"] <= 1
+    assert "no validation split" in (run / "run.log").read_text()  # the whole file trained; best.pt = the final weights
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["data"]
+    assert state["normalize_width"] and state["char_types"] and state["word_features"] == 4

