@@ -16,6 +16,8 @@ tags (the original's fifth, padding class): only the first `num_tags` are decode
      back, 宝马奔驰; off by default: on validation the gold joins such names, 凯越别克, more often than it splits them);
   3. each entity's polarity is the majority of the first pass's non-zero tags inside it (ties, and entities the
      first pass did not see, go to the polarity with the highest summed probability over the span).
+  `tag_bias` (one number per tag, added to the scores before decoding; 0 by default) moves the decisions a model's
+  training left, e.g. towards the neutral polarity that most entities have.
   A View found several times in a sentence gets the majority of its mentions' polarities.
 - Metrics (`absa_score`): the contest's F1 over (sentence, View, polarity), entity P/R/F1, polarity accuracy on
   the Views found, recall of Views unseen in training; count sums on the device, one all-reduce.
@@ -24,7 +26,7 @@ tags (the original's fifth, padding class): only the first `num_tags` are decode
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +50,8 @@ class EntityPolarityTagger(Head):
     monitor, monitor_mode = "f1", "max"
 
     def __init__(self, num_tags: int = 4, neutral_weight: float | None = 3.0, entity_pass: bool = True,
-                 entity_bonus: float = 10.0, boundary_bonus: float = 2.0, split_at_matches: bool = False):
+                 entity_bonus: float = 10.0, boundary_bonus: float = 2.0, split_at_matches: bool = False,
+                 tag_bias: Sequence[float] | None = None):
         super().__init__()
         if num_tags != len(TAGS):
             raise ValueError(f"num_tags={num_tags}: this head decodes the {len(TAGS)} tags none/pos/neu/neg")
@@ -58,6 +61,10 @@ class EntityPolarityTagger(Head):
         # constraints, not learned: rebuilt from code, not saved in checkpoints
         self.register_buffer("allowed", transition_mask(TAGS, ALLOWED), persistent=False)
         self.register_buffer("free", tag_mask(TAGS, TAGS), persistent=False)
+        bias = torch.zeros(len(TAGS)) if tag_bias is None else torch.tensor([float(b) for b in tag_bias])
+        if bias.shape != (len(TAGS),):
+            raise ValueError(f"tag_bias={tag_bias}: one number per tag (none, pos, neu, neg)")
+        self.register_buffer("tag_bias", bias, persistent=False)
 
     # --- scores -------------------------------------------------------------------------------------------------
     def _emissions(self, outputs: Any) -> tuple[torch.Tensor, bool]:
@@ -91,7 +98,7 @@ class EntityPolarityTagger(Head):
             scores_, trans = em[..., : self.num_tags], outputs["transitions"].float() + self.allowed
         else:
             scores_, trans = em.log_softmax(-1)[..., : self.num_tags], self.allowed
-        stitched = scores_.reshape(-1, self.num_tags)[batch["stitch"]]
+        stitched = scores_.reshape(-1, self.num_tags)[batch["stitch"]] + self.tag_bias
         return stitched, trans, stitched.softmax(-1)
 
     # --- decoding -----------------------------------------------------------------------------------------------
