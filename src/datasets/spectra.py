@@ -12,7 +12,8 @@
   - `fits`: LAMOST FITS files of either layout (DR1-DR7 image, DR8+ COADD table), resampled onto `grid`; labels from
     an `id,type` index (ids are file names without the FITS suffix) or, without one, the files' own CLASS keyword.
 Model input: `normalize: scale` divides the flux by `flux_scale` (the original's /100); `normalize: median` divides
-each spectrum by its median absolute flux (a brightness-free shape; our option).
+each spectrum by its median absolute flux (a brightness-free shape); `median_level` adds the removed brightness,
+log10(median / flux_scale), as a second, constant channel.
 `mode=predict` reads a folder (or one file) of contest .txt and/or FITS files and writes the contest's submission
 rows, `id,type`.
 The training plan is named in the config (`dataset.train_plan`, e.g. ClassShareBatches with the original's fixed
@@ -45,6 +46,7 @@ CLASSES = list(spectra_sim.CLASSES)  # star, galaxy, qso, unknown
 #: The contest's training index: spectra per class (PROBLEMS.md; 483,851 in all).
 CONTEST_COUNTS = {"star": 442_969, "galaxy": 5_231, "qso": 1_363, "unknown": 34_288}
 SPLIT_SEEDS = {"train": 11, "val": 22, "test": 33}
+NORMALIZE = ("scale", "median", "median_level", "none")
 SIM_VERSION = 1  # bump when the simulator's output changes, to invalidate caches
 
 
@@ -86,8 +88,8 @@ class SpectraData(ClassifiedData):
         super().__init__(**loader)
         if source not in ("simulate", "contest", "fits"):
             raise UserError(f"dataset.source='{source}' is not one of simulate, contest, fits")
-        if normalize not in ("scale", "median", "none"):
-            raise UserError(f"dataset.normalize='{normalize}' is not one of scale, median, none")
+        if normalize not in NORMALIZE:
+            raise UserError(f"dataset.normalize='{normalize}' is not one of {', '.join(NORMALIZE)}")
         self.source, self.normalize, self.flux_scale = source, normalize, float(flux_scale)
         self.grid_spec = dict(grid or {"start": 3690.0, "stop": 9100.0, "n": 2600, "spacing": "log"})
         self.contest_spec = dict(contest_grid or self.grid_spec)
@@ -110,8 +112,8 @@ class SpectraData(ClassifiedData):
 
     @property
     def info(self) -> dict[str, Any]:
-        return {"num_classes": len(self.class_names), "class_names": list(self.class_names), "in_channels": 1,
-                "length": len(self.wave)}
+        return {"num_classes": len(self.class_names), "class_names": list(self.class_names),
+                "in_channels": 2 if self.normalize == "median_level" else 1, "length": len(self.wave)}
 
     # ---- setup ----
     def setup(self, stage: str = "fit") -> None:
@@ -283,8 +285,12 @@ class SpectraData(ClassifiedData):
         x = batch["x"].float()
         if self.normalize == "scale":
             x = x / self.flux_scale
-        elif self.normalize == "median":
-            x = x / x.abs().median(dim=-1, keepdim=True).values.clamp(min=1e-6)
+        elif self.normalize in ("median", "median_level"):
+            level = x.abs().median(dim=-1, keepdim=True).values.clamp(min=1e-6)
+            x = x / level
+            if self.normalize == "median_level":  # the brightness the division removed, as a second channel
+                batch["x"] = torch.stack([x, torch.log10(level / self.flux_scale).expand_as(x)], dim=1)
+                return batch
         batch["x"] = x.unsqueeze(1)  # (B, 1, L)
         return batch
 
