@@ -59,10 +59,13 @@ def _load_failure(e: Exception) -> str:
     checkpoint of this trainer never does, and is refused."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if lines and lines[0].startswith("Weights only load failed"):
-        detail = [line for line in lines[1:] if "weights_only" not in line and "documentation" not in line]
-        return (f"it holds Python objects that only unpickling code could rebuild ({'; '.join(detail) or 'refused'}),"
-                " which a checkpoint written by this trainer never does; it is refused, not run")
-    return f"{type(e).__name__}: {lines[0] if lines else 'no detail'}"
+        detail = "; ".join(line for line in lines[1:] if "weights_only" not in line and "documentation" not in line)
+        if "GLOBAL" in detail:
+            return (f"it holds Python objects that only unpickling code could rebuild ({detail}), which a checkpoint "
+                    "written by this trainer never does; it is refused, not run")
+        return f"it is not a checkpoint (torch: {detail or 'unreadable'})"
+    first = lines[0].split(". ")[0] if lines else "no detail"  # torch's first sentence; the rest is advice
+    return f"{type(e).__name__}: {first}"
 
 
 def rng_state() -> dict[str, Any]:
