@@ -35,6 +35,11 @@ def test_rendering_with_a_font_list_is_seeded_and_reproducible(tmp_path):
     first = cached_split(tmp_path / "a", 7, 24, 4, 32, 12, (160, 60), workers=2, fonts=pool)
     again = cached_split(tmp_path / "b", 7, 24, 4, 32, 12, (160, 60), workers=1, fonts=pool)
     assert np.array_equal(first["x"], again["x"]) and np.array_equal(first["y"], again["y"])
+    # stroke width: seeded too, the same text, other pixels; the training split's cache is keyed by it
+    thick = [render(11, fonts=pool, stroke=1.0) for _ in range(2)]
+    assert np.array_equal(thick[0][0], thick[1][0]) and thick[0][1] == text_a and not np.array_equal(thick[0][0], a)
+    stroked = cached_split(tmp_path / "a", 7, 24, 4, 32, 12, (160, 60), workers=1, fonts=pool, stroke=0.5)
+    assert not np.array_equal(stroked["x"], first["x"]) and np.array_equal(stroked["y"], first["y"])
     # several fonts are used, one per captcha
     assert len({font_of(_seed(7, i), pool) for i in range(24)}) > 5
 
@@ -57,7 +62,8 @@ def test_held_out_fonts_never_draw_a_training_captcha(tmp_path):
     # val/test stay in the package's font: the captchas of before
     assert dm.split_fonts["test"] == tuple(str(f) for f in fontpool.named_fonts("captcha"))
     # the unseen splits are rendered only when read, in held-out fonts only
-    assert not list((tmp_path / "captcha").glob("v1-seed4000-*"))
+    assert not list((tmp_path / "captcha").glob("v1-seed4000-*")) and "val_unseen" not in dm.splits
+    assert dm.has_split("val_unseen") and dm.has_split("test_unseen")
     batch = next(iter(dm.loader("val_unseen")))
     assert batch["x"].shape == (8, 1, 12, 32) and list((tmp_path / "captcha").glob("v1-seed4000-*.x.npy"))
     for i in range(16):

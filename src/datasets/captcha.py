@@ -33,8 +33,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from annotated_types import Ge
-from PIL import Image, UnidentifiedImageError
+from annotated_types import Ge, Interval
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from trainer.errors import UserError
 from trainer.progress import Activity
@@ -75,11 +75,12 @@ _generators: dict[tuple[int, int, str | None], Any] = {}
 
 def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
            size: tuple[int, int] | None = None, alphabet: str = ALPHABET,
-           fonts: tuple[str, ...] = ()) -> tuple[np.ndarray, str]:
+           fonts: tuple[str, ...] = (), stroke: float = 0.0) -> tuple[np.ndarray, str]:
     """One captcha rendered at width x height, optionally resized to size=(w, h): (grey uint8 (h, w), label).
     Its characters are drawn from `alphabet` and the upper case of its letters; the label is lower case. It is drawn
     in one of `fonts` (font files; none: the package's own), chosen by the seed after the text, so a one-font list
-    draws the same text as the package's default."""
+    draws the same text as the package's default. With probability `stroke` its strokes are a pixel thicker or
+    thinner (a 3x3 min or max filter at render size: the weights of a font family, bold to light)."""
     import captcha.image as cimg
 
     rng = random.Random(seed)
@@ -96,6 +97,8 @@ def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
     finally:
         cimg.secrets = real
     image = image.convert("L")
+    if stroke > 0 and rng.random() < stroke:  # (drawn after the font: stroke=0 leaves every render as it was)
+        image = image.filter(ImageFilter.MinFilter(3) if rng.random() < 0.5 else ImageFilter.MaxFilter(3))
     if size is not None and size != (width, height):
         image = image.resize(size, Image.BILINEAR, reducing_gap=None)
     return np.asarray(image), text.lower()
@@ -132,12 +135,12 @@ def check_alphabet(alphabet: str) -> str:
 
 
 def _render_chunk(args: tuple) -> tuple[int, int, np.ndarray, np.ndarray]:
-    split_seed, start, stop, length, width, height, render_size, alphabet, fonts = args
+    split_seed, start, stop, length, width, height, render_size, alphabet, fonts, stroke = args
     images = np.empty((stop - start, height, width), dtype=np.uint8)
     labels = np.empty((stop - start, length), dtype=np.int64)
     for j, i in enumerate(range(start, stop)):
         image, text = render(_seed(split_seed, i), length, *render_size, size=(width, height), alphabet=alphabet,
-                             fonts=fonts)
+                             fonts=fonts, stroke=stroke)
         images[j], labels[j] = image, encode(text, alphabet)
     return start, stop, images, labels
 
@@ -158,12 +161,15 @@ CHUNK = 500
 
 
 def _cache_key(split_seed: int, n: int | str, length: int, width: int, height: int,
-               render_size: tuple[int, int], alphabet: str = ALPHABET, fonts: tuple[str, ...] = ()) -> str:
+               render_size: tuple[int, int], alphabet: str = ALPHABET, fonts: tuple[str, ...] = (),
+               stroke: float = 0.0) -> str:
     key = f"v{RENDER_VERSION}-seed{split_seed}-n{n}-len{length}-{width}x{height}-from{render_size[0]}x{render_size[1]}"
     if alphabet != ALPHABET:  # (the default's caches keep the names they had)
         key += f"-abc{hashlib.sha1(alphabet.encode()).hexdigest()[:6]}"
     if fonts and [Path(f) for f in fonts] != fontpool.named_fonts("captcha"):  # (the package's own font: as before)
         key += f"-fonts{fontpool.digest([Path(f) for f in fonts])}"
+    if stroke:
+        key += f"-stroke{stroke:g}"
     return key
 
 
@@ -188,10 +194,10 @@ def _load(files: dict[str, Path], n: int) -> dict[str, np.ndarray] | None:
 
 def _larger_cache(cache_dir: Path, split_seed: int, n: int, length: int, width: int, height: int,
                   render_size: tuple[int, int], alphabet: str = ALPHABET,
-                  fonts: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
+                  fonts: tuple[str, ...] = (), stroke: float = 0.0) -> dict[str, np.ndarray] | None:
     """A finished cache of the same captchas with more samples: sample i is a pure function of (seed, i), so the
     first n of a larger split are this split (a debug run after a full one renders nothing)."""
-    pattern = _cache_key(split_seed, "*", length, width, height, render_size, alphabet, fonts) + "-*.x.npy"
+    pattern = _cache_key(split_seed, "*", length, width, height, render_size, alphabet, fonts, stroke) + "-*.x.npy"
     sizes = []
     for path in (Path(cache_dir) / "captcha").glob(pattern):
         try:
@@ -200,7 +206,7 @@ def _larger_cache(cache_dir: Path, split_seed: int, n: int, length: int, width: 
             continue
     for size in sorted(s for s in sizes if s > n):
         arrays = _load(_cache_files(cache_dir, _cache_key(split_seed, size, length, width, height, render_size,
-                                                          alphabet, fonts)), n)
+                                                          alphabet, fonts, stroke)), n)
         if arrays is not None:
             return arrays
     return None
@@ -208,7 +214,7 @@ def _larger_cache(cache_dir: Path, split_seed: int, n: int, length: int, width: 
 
 def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: int, height: int,
                  render_size: tuple[int, int], workers: int, what: str = "captchas",
-                 alphabet: str = ALPHABET, fonts: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+                 alphabet: str = ALPHABET, fonts: tuple[str, ...] = (), stroke: float = 0.0) -> dict[str, np.ndarray]:
     """Render once and memory-map afterwards. The file name carries every parameter that changes the pixels (the
     fonts as a hash of their file names and contents).
 
@@ -216,7 +222,7 @@ def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: i
     display (count, rate, ETA); they are joined into the cache file at the end. A Ctrl-C stops it with one line and
     keeps the parts, so the next run renders only what is missing."""
     fonts = tuple(str(f) for f in fonts)
-    key = _cache_key(split_seed, n, length, width, height, render_size, alphabet, fonts)
+    key = _cache_key(split_seed, n, length, width, height, render_size, alphabet, fonts, stroke)
     files = _cache_files(cache_dir, key)
     arrays = _load(files, n)
     if arrays is not None:
@@ -224,7 +230,8 @@ def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: i
     if files["x"].is_file():
         log.warning(f"captcha cache {files['x']} is unreadable; rendering it again")
     else:
-        arrays = _larger_cache(cache_dir, split_seed, n, length, width, height, render_size, alphabet, fonts)
+        arrays = _larger_cache(cache_dir, split_seed, n, length, width, height, render_size, alphabet, fonts,
+                               stroke)
         if arrays is not None:
             return arrays
     parts = files["x"].with_name(files["x"].name.removesuffix(".x.npy") + ".parts")
@@ -245,12 +252,12 @@ def cached_split(cache_dir: Path, split_seed: int, n: int, length: int, width: i
             return arrays
         parts.mkdir(parents=True, exist_ok=True)
         return _render_and_join(parts, files, split_seed, n, length, width, height, render_size, workers, what,
-                                alphabet, fonts)
+                                alphabet, fonts, stroke)
 
 
 def _render_and_join(parts: Path, files: dict[str, Path], split_seed: int, n: int, length: int, width: int,
                      height: int, render_size: tuple[int, int], workers: int, what: str,
-                     alphabet: str, fonts: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+                     alphabet: str, fonts: tuple[str, ...] = (), stroke: float = 0.0) -> dict[str, np.ndarray]:
     chunks = [(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
     todo = [(a, b) for a, b in chunks if not _part(parts, a, b).is_file()]
     kept = n - sum(b - a for a, b in todo)
@@ -258,8 +265,8 @@ def _render_and_join(parts: Path, files: dict[str, Path], split_seed: int, n: in
     if todo:
         log.info(f"rendering {n - kept:,} {what} (seed {split_seed}) into {parts.parent} with {workers} process(es)"
                  + (f"; {kept:,} were rendered before" if kept else "") + "; later runs reuse them")
-        _render_parts(parts, todo, (split_seed, length, width, height, render_size, alphabet, fonts), workers, n,
-                      kept, what)
+        _render_parts(parts, todo, (split_seed, length, width, height, render_size, alphabet, fonts, stroke), workers,
+                      n, kept, what)
     _join_parts(parts, chunks, files, n, length, height, width)
     return _load(files, n)
 
@@ -270,8 +277,7 @@ def _part(parts: Path, start: int, stop: int) -> Path:
 
 def _render_parts(parts: Path, todo: list[tuple[int, int]], spec: tuple, workers: int, n: int, kept: int,
                   what: str) -> None:
-    split_seed, length, width, height, render_size, alphabet, fonts = spec
-    jobs = [(split_seed, a, b, length, width, height, render_size, alphabet, fonts) for a, b in todo]
+    jobs = [(*spec[:1], a, b, *spec[1:]) for a, b in todo]
     t0 = time.monotonic()
     with Activity(f"rendering {what}", n, unit=what.split()[-1], start=kept) as shown:
         try:
@@ -332,16 +338,17 @@ class _OnTheFly(torch.utils.data.Dataset):
     """Renders in DataLoader workers instead of caching; with fresh_each_epoch, every epoch sees new captchas."""
 
     def __init__(self, split_seed: int, n: int, length: int, width: int, height: int, render_size: tuple[int, int],
-                 fresh_each_epoch: bool, alphabet: str = ALPHABET, fonts: tuple[str, ...] = ()):
+                 fresh_each_epoch: bool, alphabet: str = ALPHABET, fonts: tuple[str, ...] = (), stroke: float = 0.0):
         self.split_seed, self.n, self.length, self.width, self.height = split_seed, n, length, width, height
         self.render_size, self.fresh, self.alphabet, self.fonts = render_size, fresh_each_epoch, alphabet, fonts
+        self.stroke = stroke
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, text = render(_seed(self.split_seed, index), self.length, *self.render_size, size=(self.width, self.height),
-                             alphabet=self.alphabet, fonts=self.fonts)
+                             alphabet=self.alphabet, fonts=self.fonts, stroke=self.stroke)
         return {"x": torch.tensor(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text, self.alphabet))}
 
 
@@ -381,6 +388,7 @@ class CaptchaData(DataModule):
         test_fonts: Annotated[Sequence[str], Check(fonts_problem)] = ("captcha",),
         val_unseen_size: Annotated[int, Ge(0)] = 2_000,
         test_unseen_size: Annotated[int, Ge(0)] = 10_000,
+        train_stroke: Annotated[float, Interval(ge=0, le=1)] = 0.0,
         **loader: Any,
     ):
         super().__init__(**loader)
@@ -396,6 +404,8 @@ class CaptchaData(DataModule):
         self.held_out_names = [str(f) for f in held_out_fonts]
         self.test_font_entries = [str(f) for f in test_fonts]
         self.split_fonts: dict[str, tuple[str, ...]] = {}
+        self.pending: dict[str, _Pending] = {}
+        self.train_stroke = train_stroke
 
     def resolve_fonts(self) -> dict[str, tuple[str, ...]]:
         """The font files of each split: train draws from the pool less the held-out fonts, val/test from
@@ -438,23 +448,27 @@ class CaptchaData(DataModule):
             lazy_train = split == "train" and (self.fresh or stage == "eval")
             if self.cache and not lazy_train and split not in UNSEEN_SPLITS:
                 self.splits[split] = self._cached(split, n)
-            elif self.cache and split in UNSEEN_SPLITS:
-                self.splits[split] = _Pending(n, lambda split=split, n=n: self._cached(split, n))
+            elif self.cache and split in UNSEEN_SPLITS:  # (listed among the splits once read)
+                self.pending[split] = _Pending(n, lambda split=split, n=n: self._cached(split, n))
             else:
                 self.splits[split] = _OnTheFly(SPLIT_SEEDS[split], n, self.length, self.width, self.height,
                                                self.render_size, fresh_each_epoch=split == "train" and self.fresh,
-                                               alphabet=self.alphabet, fonts=self.split_fonts[split])
+                                               alphabet=self.alphabet, fonts=self.split_fonts[split],
+                                               stroke=self.train_stroke if split == "train" else 0.0)
 
     def _cached(self, split: str, n: int) -> ArrayDataset:
         fonts = self.split_fonts[split]
         arrays = cached_split(self.cache_dir, SPLIT_SEEDS[split], n, self.length, self.width, self.height,
                               self.render_size, self.render_workers, what=f"{split} captchas", alphabet=self.alphabet,
-                              fonts=fonts)
+                              fonts=fonts, stroke=self.train_stroke if split == "train" else 0.0)
         return ArrayDataset(arrays, transform=_to_float)
 
+    def has_split(self, split: str) -> bool:
+        return split in self.splits or split in self.pending
+
     def loader(self, split: str, **kwargs: Any):
-        if isinstance(self.splits.get(split), _Pending) and kwargs.get("dataset") is None:
-            self.splits[split] = self.splits[split].make()
+        if split in self.pending and kwargs.get("dataset") is None:
+            self.splits[split] = self.pending.pop(split).make()
         return super().loader(split, **kwargs)
 
     def plan(self, split: str, train: bool):
