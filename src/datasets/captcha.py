@@ -440,6 +440,10 @@ class CaptchaData(DataModule):
         if stage == "predict":  # the alphabet and image size are config: nothing to render, no font needed
             return
         self.split_fonts = self.resolve_fonts()
+        names = {split: ", ".join(Path(f).stem for f in fs) for split, fs in self.split_fonts.items()}
+        log.info(f"captcha fonts: train in {len(self.split_fonts['train'])} ({names['train']}); val/test in "
+                 f"{names['test']}" + (f"; val_unseen/test_unseen in {len(self.split_fonts['test_unseen'])} held "
+                                       f"out ({names['test_unseen']})" if "test_unseen" in names else ""))
         sizes = {**self.sizes, **{s: n for s, n in self.unseen_sizes.items() if s in self.split_fonts}}
         for split, n in sizes.items():
             if n <= 0:
