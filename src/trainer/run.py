@@ -181,7 +181,7 @@ def train(cfg: DictConfig, run_dir: Path, device: torch.device, invocation: Invo
     if stage is None:  # resumed a run whose every stage had finished: rebuild the last one for the test
         name, scfg = stages[-1]
         stage = build_stage(scfg, name, len(stages) - 1, len(stages), run_dir, loggers, device, handoff, counters,
-                            resume.state)  # (its config.yaml stays the one it trained with)
+                            resume.state, record=False)  # (its config.yaml stays the one it trained with)
     if stage.tcfg.test_after_fit and stage.data.has_split("test") and (final_best.is_file() or handoff.weights):
         result.update(_final_test(stage, handoff, counters, device, run_dir))
     result["train_seconds"] = round(time.monotonic() - t0, 1)

@@ -191,12 +191,12 @@ def check_stages(cfg: DictConfig) -> None:
 # ---- building a stage -----------------------------------------------------------------------------------------------
 def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir: Path, loggers: list,
                 device: torch.device, previous: Handoff | None, counters: Any,
-                resume: dict[str, Any] | None = None) -> Stage:
+                resume: dict[str, Any] | None = None, record: bool = True) -> Stage:
     """The stage's data, model and head from its config, seeded by the previous stage (`init`), with its step plan.
 
     The resolved config is written to the run folder as soon as it is known on a fresh stage (a run that fails early
     keeps its record), and, on a resumed one, only once the step plan has passed its check against the resumed
-    plan (a refused resume changes nothing)."""
+    plan (a refused resume changes nothing); not at all without `record` (a finished stage rebuilt for its test)."""
     main = dist.is_main()
     tcfg = trainer_config(scfg.trainer)
     opts = scfg.get("stage") or {}
@@ -230,7 +230,7 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
         best_path=run_dir / "checkpoints" / ("best.pt" if index == n_stages - 1 else f"best-{name}.pt"),
     )
     plan_steps(stage, counters)
-    if main and resume is not None:
+    if main and resume is not None and record:
         config_path.write_text(text)
     return stage
 
