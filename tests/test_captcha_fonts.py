@@ -124,3 +124,12 @@ def test_predict_needs_no_font(tmp_path):
     dm = CaptchaData(fonts=[str(tmp_path / "gone.ttf")], held_out_fonts=["x"], **SMALL)
     dm.setup("predict")
     assert dm.splits == {}
+
+
+def test_mode_eval_renders_only_the_split_it_scores(tmp_path):
+    dm = CaptchaData(fonts=["captcha", "matplotlib"], held_out_fonts=HELD, train_size=16, val_size=8, test_size=8,
+                     test_unseen_size=8, cache_dir=str(tmp_path), **SMALL)
+    dm.setup("eval")
+    assert not (tmp_path / "captcha").exists() and all(dm.has_split(s) for s in ("val", "test", "test_unseen"))
+    next(iter(dm.loader("test_unseen")))
+    assert [p.name.split("-")[1] for p in (tmp_path / "captcha").glob("*.x.npy")] == ["seed5000"]

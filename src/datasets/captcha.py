@@ -354,7 +354,8 @@ class _OnTheFly(torch.utils.data.Dataset):
 
 class _Pending(torch.utils.data.Dataset):
     """A split rendered only when a loader reads it (`trainer.also_evaluate`, `mode=eval split=`): a run that never
-    scores the unseen-font test split does not spend a minute rendering it."""
+    scores the unseen-font test split does not spend a minute rendering it, nor `mode=eval` the splits it does not
+    score."""
 
     def __init__(self, n: int, make):
         self.n, self.make = n, make
@@ -448,17 +449,17 @@ class CaptchaData(DataModule):
         for split, n in sizes.items():
             if n <= 0:
                 continue
-            # mode=eval scores one split, normally test: the training split is rendered only if it is the one asked for
-            lazy_train = split == "train" and (self.fresh or stage == "eval")
-            if self.cache and not lazy_train and split not in UNSEEN_SPLITS:
-                self.splits[split] = self._cached(split, n)
-            elif self.cache and split in UNSEEN_SPLITS:  # (listed among the splits once read)
-                self.pending[split] = _Pending(n, lambda split=split, n=n: self._cached(split, n))
-            else:
+            # mode=eval scores one split, normally test: the training split is rendered only if it is the one asked
+            # for (on the fly), the others once read
+            if not self.cache or (split == "train" and (self.fresh or stage == "eval")):
                 self.splits[split] = _OnTheFly(SPLIT_SEEDS[split], n, self.length, self.width, self.height,
                                                self.render_size, fresh_each_epoch=split == "train" and self.fresh,
                                                alphabet=self.alphabet, fonts=self.split_fonts[split],
                                                stroke=self.train_stroke if split == "train" else 0.0)
+            elif split in UNSEEN_SPLITS or stage == "eval":  # (listed among the splits once read)
+                self.pending[split] = _Pending(n, lambda split=split, n=n: self._cached(split, n))
+            else:
+                self.splits[split] = self._cached(split, n)
 
     def _cached(self, split: str, n: int) -> ArrayDataset:
         fonts = self.split_fonts[split]
