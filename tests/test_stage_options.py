@@ -134,7 +134,8 @@ def toy_config(tmp_path: Path, stages: dict | None = None, **root: Any):
     register_resolvers()
     with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         cfg = compose("config", overrides=["task=captcha", "sched=none", "optim=adam", "trainer.max_epochs=2",
-                                           "trainer.progress=false", "trainer.log_every_n_steps=2"])
+                                           "trainer.progress=false", "trainer.log_every_n_steps=2",
+                                           "trainer.also_evaluate=[]", "trainer.test_model=null"])
     here = __name__
     with open_dict(cfg):
         cfg.task_name = "toy"
