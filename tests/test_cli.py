@@ -45,7 +45,7 @@ def test_the_console_gets_a_header_and_the_run_folder_the_record(trained):
     run, proc = trained
     assert "_target_:" not in proc.stderr
     assert f"task captcha: run folder {run}" in proc.stderr
-    assert re.search(r"\[train\] data CaptchaData \(train 256, val 64, test 64\); model CaptchaCNN \+ head "
+    assert re.search(r"\[train\] data CaptchaData \(train 256, val 64, test 64[^)]*\); model CaptchaCNN \+ head "
                      r"MultiPositionHead: [\d,]+ parameters \(all train\)", proc.stderr), proc.stderr[-2000:]
     assert re.search(r"step \d+: loss=[\d.]+ .* of 16 steps, run eta", (run / "run.log").read_text())
     env = json.loads((run / "env.json").read_text())

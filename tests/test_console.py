@@ -65,7 +65,9 @@ def test_sweep_summary_shows_bracketed_overrides_as_typed(tmp_path, monkeypatch)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text("- model.noise_shape=[null,1]\n- tags=[red]\n")
     (job / "results.json").write_text('{"status": "ok", "monitor": "val/acc", "best": 0.5}')
-    monkeypatch.setattr(progress.console, "file", io.StringIO())  # the project's console, captured
+    # the project's console, captured; its _file (None: sys.stderr at each print) is put back as it was, where
+    # patching `file` would pin it to this test's captured stderr for every later test
+    monkeypatch.setattr(progress.console, "_file", io.StringIO())
     write_summary(tmp_path)
     shown = progress.console.file.getvalue()
     assert "model.noise_shape=[null,1] tags=[red]" in shown

@@ -411,7 +411,7 @@ def job(cfg) -> dict:
                             else "python -m trainer")
                 message = f"resume with: {launcher} resume={run_dir}"
             elif str(e):  # what the interrupted work kept (a render cache that the next run continues)
-                message = str(e)
+                message = f"{e}; no checkpoint was written yet: nothing to resume"
             else:
                 message = "before the first checkpoint was written: nothing to resume; run it again"
         else:
