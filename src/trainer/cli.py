@@ -93,6 +93,17 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("mode_dir", lambda mode: "" if mode == "train" else f"/{mode}")
 
 
+def register_plugins() -> None:
+    """The project's sweepers, registered by hand: Hydra finds plugins by listing the `hydra_plugins` package's
+    folders, and an editable install serves ours through an import hook that such a listing does not see (a wheel
+    install is found either way)."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.trainer_sweepers import GridSweeper, OptunaSweeper
+
+    for plugin in (GridSweeper, OptunaSweeper):
+        Plugins.instance().register(plugin)
+
+
 # ---- --help ---------------------------------------------------------------------------------------------------------
 def print_help() -> None:
     conf = CONF_DIR
@@ -549,6 +560,7 @@ def _main(argv: list[str] | None) -> None:
         print_help()
         return
     register_resolvers()
+    register_plugins()
     from . import distributed as dist
     from .errors import UserError
     from .resume import resume_overrides
