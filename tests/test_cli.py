@@ -248,6 +248,7 @@ def test_ctrl_c_outside_a_job_is_one_line_and_a_sweep_keeps_its_summary(monkeypa
     printed this line but ended by SIGINT (-2), and 2 of 25 tries of a bare `import torch, torchvision` script did not
     see the interrupt at all."""
     from trainer import cli as cli_module
+    from trainer import job as job_module
 
     def interrupted(argv):
         raise KeyboardInterrupt
@@ -261,7 +262,7 @@ def test_ctrl_c_outside_a_job_is_one_line_and_a_sweep_keeps_its_summary(monkeypa
     (sweep / "0").mkdir(parents=True)
     (sweep / "0" / "results.json").write_text(json.dumps({"status": "ok", "monitor": "val/acc", "best": 0.5}))
     (sweep / "1" / ".hydra").mkdir(parents=True)  # Hydra had made job 1's folder when the interrupt came
-    monkeypatch.setattr(cli_module, "_sweep_dir", sweep)
+    monkeypatch.setattr(job_module, "sweep_dir", sweep)
     with pytest.raises(SystemExit) as e:
         cli_module.main([])
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 import trainer.progress as progress
-from trainer import cli, loggers, loop
+from trainer import checks, cli, cli_info, loggers, loop
 from trainer.config import trainer_config
 from trainer.datasets import captcha
 from trainer.datasets.captcha import CaptchaData, CaptchaFolder, cached_split
@@ -188,7 +188,7 @@ def test_version_and_help(capsys):
     cli.main(["--version"])
     out = capsys.readouterr().out
     assert out.startswith("trainer (stagefit) 0.1.0") and "torch 2." in out
-    cli.print_help()
+    cli_info.print_help()
     help_text = capsys.readouterr().out
     assert "  captcha*" in help_text and "python -m trainer runs" in help_text
 
@@ -205,10 +205,10 @@ def test_cfg_job_resolve_prints_a_resolved_config_and_makes_no_folder(tmp_path, 
 
 
 def test_checking_the_output_folder_leaves_none_behind(tmp_path):
-    cli._check_output_dir(str(tmp_path / "a" / "b"))
+    checks._check_output_dir(str(tmp_path / "a" / "b"))
     assert not (tmp_path / "a").exists()
     with pytest.raises(UserError, match="cannot create paths.output_dir"):
-        cli._check_output_dir("/proc/version/outputs")
+        checks._check_output_dir("/proc/version/outputs")
 
 
 def test_ctrl_c_at_start_up_is_not_an_error(monkeypatch, capsys):

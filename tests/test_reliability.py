@@ -15,7 +15,9 @@ from omegaconf import OmegaConf
 from conftest import TINY_CAPTCHA, cli, latest_run
 from trainer.callbacks import NonFiniteGuard
 from trainer.checkpoint import load
-from trainer.cli import _hold_run_folder, _restart_advice, register_resolvers, validate
+from trainer.checks import validate
+from trainer.cli import register_resolvers
+from trainer.job import _hold_run_folder, _restart_advice
 from trainer.errors import NonFiniteLossError, UserError
 from trainer.invocation import CONF_PACKAGE
 from trainer.resume import ResumePoint

@@ -406,6 +406,7 @@ def test_ctrl_c_in_a_sweep_says_how_to_resume_it(tmp_path, monkeypatch, capsys):
     """In process: a KeyboardInterrupt that reaches main() in a sweep writes the table of the jobs so far and ends
     with the command that resumes the sweep."""
     from trainer import cli as cli_module
+    from trainer import job as job_module
 
     sweep_dir = tmp_path / "sweep"
     _job(sweep_dir, 0, ["seed=1"], "ok")
@@ -416,7 +417,7 @@ def test_ctrl_c_in_a_sweep_says_how_to_resume_it(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_module, "_main", interrupted)
-    monkeypatch.setattr(cli_module, "_sweep_dir", sweep_dir)
+    monkeypatch.setattr(job_module, "sweep_dir", sweep_dir)
     with pytest.raises(SystemExit) as e:
         cli_module.main([])
     err = capsys.readouterr().err

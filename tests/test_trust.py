@@ -11,7 +11,8 @@ import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf, open_dict
 
-from trainer.cli import register_resolvers, validate
+from trainer.checks import validate
+from trainer.cli import register_resolvers
 from trainer.errors import UserError
 from trainer.invocation import CONF_PACKAGE
 from trainer.resume import resume_overrides

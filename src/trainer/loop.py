@@ -51,7 +51,7 @@ def fit(stage: Stage, state: TrainState, device: torch.device, interrupt: Gracef
     """Train one stage until a budget is spent or early stopping triggers; keep best.pt and last.pt.
 
     With `interrupt`, a Ctrl-C or SIGTERM ends the current step, writes last.pt and raises KeyboardInterrupt."""
-    tcfg, plan, net, counters = stage.tcfg, stage.plan, state.net, state.counters
+    tcfg, plan, counters = stage.tcfg, stage.plan, state.counters
     world = dist.world_size()
     progress = ProgressBar(enabled=tcfg.progress and stage.run_dir is not None, refresh_s=tcfg.progress_refresh_s)
     autocast = autocast_context(device, tcfg.precision)
