@@ -2,15 +2,15 @@
 
 Each font renders the same N captchas (seeds of their own, apart from every split's), at the checkpoint's image size;
 a checkpoint reads them and the whole-captcha accuracy is reported per font and per group:
-  - seen: fonts the checkpoint trained on (its dataset.fonts less dataset.held_out_fonts; the package's font alone
-    for a checkpoint that predates font pools);
+  - seen: fonts of the current pool that training draws in (dataset.fonts less dataset.held_out_fonts);
   - held out: the pool's held-out fonts (what val_unseen/test_unseen measure);
   - outside: fonts given with --outside (files or folders), in no pool: the check against fonts nobody chose with.
 
     python bench/captcha_fonts.py CKPT [CKPT ...] [--n 300] [--outside FONT_OR_DIR ...] [--json out.json]
 
-Fonts are matched to groups by the pool of the project's current dataset config, so old and new checkpoints are read
-on the same renders.
+Fonts are grouped by the project's current dataset config, so old and new checkpoints are read on the same renders;
+the last lines give each checkpoint's accuracy over the fonts it never trained on (its own dataset.fonts less its
+held-out fonts; the package's font alone for a checkpoint that predates font pools).
 """
 from __future__ import annotations
 
@@ -77,6 +77,11 @@ def main() -> None:
     groups = [("seen", f) for f in train] + [("held out", f) for f in held] + [("outside", f) for f in outside]
 
     models = [(p, *load_model(p)) for p in args.ckpts]
+    trained_on = {}  # the fonts each checkpoint trained on (the package's alone before font pools)
+    for path, _, data in models:
+        own = fontpool.resolve(list(data.get("fonts") or ["captcha"]), chars, f"{path}: dataset.fonts")
+        own, _ = fontpool.split_held_out(own, list(data.get("held_out_fonts") or []), f"{path}: held_out_fonts")
+        trained_on[path] = {f.resolve() for f in own}
     rows: list[dict] = []
     t0 = time.monotonic()
     cache: dict[tuple, tuple] = {}
@@ -86,8 +91,7 @@ def main() -> None:
             key = (str(font), data["width"], data["height"])
             if key not in cache:
                 cache[key] = renders(str(font), args.n, data)
-            trained = data.get("fonts") is not None
-            seen = (group == "seen") if trained else font.stem == "DroidSansMono"
+            seen = font.resolve() in trained_on[path]
             row[path] = accuracy(model, *cache[key])
             row[f"{path} seen"] = seen
         rows.append(row)
