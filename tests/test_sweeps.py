@@ -167,6 +167,7 @@ def test_slurm_sweep_composes_and_runs_up_to_the_submitit_boundary(workdir, tmp_
     import submitit
 
     from trainer import cli as cli_module
+    from trainer import job as job_module
 
     calls: dict = {}
 
@@ -194,7 +195,7 @@ def test_slurm_sweep_composes_and_runs_up_to_the_submitit_boundary(workdir, tmp_
 
     monkeypatch.setattr(submitit, "AutoExecutor", Executor)
     monkeypatch.setattr(submitit, "JobEnvironment", Environment)
-    monkeypatch.setattr(cli_module, "_failures", [])
+    monkeypatch.setattr(job_module, "failures", [])
     monkeypatch.setattr(sys, "argv", ["trainer"])
     monkeypatch.setenv("TRAINER_RUN_STAMP", "slurm-test")  # (the process's stamp: not left to later tests)
     sweep_dir = tmp_path / "slurm"
@@ -255,7 +256,7 @@ def test_plan_of_each_job_from_its_folder(tmp_path):
         "resume", "resume", "rerun", "rerun", "run"]
     with pytest.raises(UserError, match=r"0 ran `task=captcha seed=1`, but job 0 of this sweep is `task=captcha"):
         plan(0, ["task=captcha", "seed=9"])
-    # a job folder a live process works in (cli._hold_run_folder's lock)
+    # a job folder a live process works in (job._hold_run_folder's lock)
     import fcntl
 
     with open(tmp_path / "1" / ".lock", "a+") as held:

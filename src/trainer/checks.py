@@ -57,7 +57,7 @@ def validate(overrides: list[str], multirun: bool, untrusted: str | None = None)
                 options = ", ".join(e.options or []) or "none"
                 raise UserError(f"unknown {group} '{name}'; available: {options}") from None
             except (HydraException, OmegaConfBaseException) as e:
-                raise UserError(_explain_compose_error(e, job)) from None
+                raise UserError(explain_compose_error(e, job)) from None
             except ValueError as e:  # Hydra's own, e.g. `debug=null`: "Config group override must be a string"
                 raise UserError(f"cannot compose the config: {one_line(e)}; to drop a group's choice write ~GROUP, "
                                 "to pick another GROUP=OPTION") from None
@@ -84,7 +84,7 @@ def _check_output_dir(path: str) -> None:
             folder.rmdir()
 
 
-def _explain_compose_error(e: Exception, job: list[str]) -> str:
+def explain_compose_error(e: Exception, job: list[str]) -> str:
     from omegaconf.errors import ConfigKeyError
 
     from .errors import one_line

@@ -75,7 +75,7 @@ def saved_overrides(job_dir: Path) -> list[str] | None:
 
 
 def lock_holder(job_dir: Path) -> str | None:
-    """The pid of a live process working in `job_dir` (cli._hold_run_folder's lock), or None."""
+    """The pid of a live process working in `job_dir` (job._hold_run_folder's lock), or None."""
     path = job_dir / ".lock"
     if not path.is_file():
         return None
@@ -132,9 +132,10 @@ def quote(value: str) -> str:
 
 def stop(message: str) -> None:
     """One line and exit 2, from inside Hydra (which would print a traceback for an exception)."""
-    from .cli import _shutdown_quietly, fail
+    from .cli import fail
+    from .job import shutdown_quietly
 
-    _shutdown_quietly()
+    shutdown_quietly()
     fail(message)
 
 
@@ -164,13 +165,13 @@ class _Resumable:
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
 
-        from .cli import _explain_compose_error
+        from .checks import explain_compose_error
 
         for overrides in jobs:
             try:
                 self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             except (HydraException, OmegaConfBaseException, ValueError) as e:
-                raise UserError(f"a job of this sweep does not compose: {_explain_compose_error(e, overrides)}"
+                raise UserError(f"a job of this sweep does not compose: {explain_compose_error(e, overrides)}"
                                 ) from None
 
     def _check_launcher(self) -> None:
