@@ -126,9 +126,9 @@ def test_tags_cover_every_occurrence_and_a_missing_view_is_counted(tmp_path, cap
     data = BdciAbsa(root=str(tmp_path), min_count=1, val_fraction=0.0, test_fraction=0.0)
     data.setup()
     train = data.splits["train"]
-    tags = {s.id: t.tolist() for s, t in zip(train.enc.sentences, train.enc.tags)}
+    tags = {s.id: t.tolist() for s, t in zip(train.source.sentences, train.source.tags)}
     assert tags["S1"] == [1, 1, 1, 1, 0, 3, 3, 0]  # 长安 inside 长安逸动 keeps the longer View's tag
-    assert train.enc.missing == 1 and "1 of 3 labelled Views do not occur" in caplog.text
+    assert train.source.missing == 1 and "1 of 3 labelled Views do not occur" in caplog.text
 
 
 def test_long_texts_are_covered_by_overlapping_windows_and_stitched_back(tmp_path):
@@ -172,7 +172,7 @@ def test_match_flags_on_training_text_come_from_the_other_folds_views(tmp_path):
         f.write("S_only\t雪铁龙C5\tpos\r\n".encode())
     data = BdciAbsa(root=str(tmp_path), min_count=1, val_fraction=0.0, test_fraction=0.0, match_feature=True)
     data.setup()
-    enc = data.splits["train"].enc
+    enc = data.splits["train"].source
     flags = {s.id: f.tolist() for s, f in zip(enc.sentences, enc.flags)}
     assert flags["S_only"] == [1] * 11  # its only View is in no other fold: not marked, as an unseen View would not be
     assert any(2 in f for f in flags.values())  # the common Views are
@@ -200,7 +200,7 @@ def test_state_travels_through_torch_load_and_is_reused_before_setup(tmp_path):
     again = BdciAbsa(root=str(tmp_path), min_count=1, unlabelled="test")
     again.load_state_dict(torch.load(_saved(other.state_dict(), tmp_path), weights_only=True))
     again.setup()
-    enc = again.splits["train"].enc
+    enc = again.splits["train"].source
     assert enc.sentences[-1].id.startswith("pseudo:") and enc.tags[-1][span[0]:span[1]].tolist() == [1] * len(view)
 
 

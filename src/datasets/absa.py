@@ -41,7 +41,7 @@ from trainer.errors import UserError
 
 from .absa_formats import (POLARITIES, Aspect, Sentence, read_contest, read_entity_list, read_jsonl,
                            read_new_sentences, write_labels)
-from .base import BatchPlan, BucketBatches, DataModule, SequentialBatches
+from .base import BatchedRows, BatchPlan, BucketBatches, LazyDataModule, SequentialBatches
 from .lm_windows import NextTokenWindows
 from .segmentation import Vocabulary
 
@@ -155,25 +155,6 @@ class Encoded:
         return out
 
 
-class WindowDataset(Dataset):
-    """Training view of the tagging data: one item per window."""
-
-    def __init__(self, enc: Encoded):
-        self.enc = enc
-
-    def __len__(self) -> int:
-        return len(self.enc.windows)
-
-    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
-        return self.enc.window_batch(np.asarray(indices, dtype=np.int64))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])
-
-    def lengths(self) -> np.ndarray:
-        return self.enc.windows[:, 2]
-
-
 class SentenceDataset(Dataset):
     """Evaluation, prediction and pseudo-labelling view: one item per sentence, fetched as all of its windows.
 
@@ -240,7 +221,7 @@ def _shares(n: int, rng: np.random.Generator, *fractions: float) -> list[np.ndar
     return [np.sort(order[at:]), *parts]
 
 
-class AbsaData(DataModule):
+class AbsaData(LazyDataModule):
     """Base of the aspect-sentiment DataModules; subclasses `read()` their sentences."""
 
     def __init__(self, view: str = "tag", window: int = 100, stride: int = 50, lm_window: int = 7,
@@ -274,7 +255,7 @@ class AbsaData(DataModule):
         self.entities: list[str] | None = None
         self.pseudo: dict[str, Any] | None = None
         self.parts: dict[str, list[Sentence]] | None = None
-        self._splits: dict[str, Dataset] | None = None
+        self.splits = None  # built when first read (setup builds them unless a checkpoint's vocabulary makes it wait)
 
     # --- reading and splitting ----------------------------------------------------------------------------------
     def read(self) -> dict[str, list[Sentence]]:
@@ -344,16 +325,6 @@ class AbsaData(DataModule):
             return
         self._splits = self._build_splits()
 
-    @property
-    def splits(self) -> dict[str, Dataset]:
-        if self._splits is None:
-            self._splits = self._build_splits()
-        return self._splits
-
-    @splits.setter
-    def splits(self, value: dict[str, Dataset]) -> None:
-        self._splits = value
-
     def _build_splits(self) -> dict[str, Dataset]:
         parts = self._parts()
         if self.vocab is None:  # else: from the previous stage or a checkpoint (load_state_dict)
@@ -379,7 +350,7 @@ class AbsaData(DataModule):
                 splits[name] = SentenceDataset(self._encode(parts[name], name, matches), matches, self.train_views)
         return splits
 
-    def _training_split(self, matcher: EntityMatcher) -> WindowDataset:
+    def _training_split(self, matcher: EntityMatcher) -> BatchedRows:
         train, pseudo = self._parts()["train"], self._pseudo_sentences()
         matches = None
         if self.match_feature:
@@ -397,7 +368,8 @@ class AbsaData(DataModule):
                     for i in np.flatnonzero(fold == k).tolist():
                         matches[i] = other(train[i].text)
             matches += [matcher(s.text) for s in pseudo]
-        return WindowDataset(self._encode(train + pseudo, "train", matches))
+        enc = self._encode(train + pseudo, "train", matches)
+        return BatchedRows(enc.window_batch, enc.windows[:, 2], enc)  # one item per window
 
     def _encode(self, sentences: list[Sentence], name: str, matches: list | None = None) -> Encoded:
         enc = Encoded(sentences, self.vocab, self.window, self.stride, matches if self.match_feature else None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -450,6 +450,45 @@ def image_inputs(path: Path, missing: str) -> list[Path]:
     if not files:
         raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
     return files
+
+
+class LazyDataModule(DataModule):
+    """A DataModule whose splits are built by `_build_splits` when first read. A `setup` that leaves `splits` at None
+    reads no files: with a checkpoint's state loaded (a vocabulary), mode=predict needs nothing but the checkpoint."""
+
+    def _build_splits(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    @property
+    def splits(self) -> dict[str, Dataset]:
+        if self._splits is None:
+            self._splits = self._build_splits()
+        return self._splits
+
+    @splits.setter
+    def splits(self, value: dict[str, Dataset] | None) -> None:
+        self._splits = value
+
+
+class BatchedRows(Dataset):
+    """A training split fetched a batch at a time: `fetch(indices)` builds the whole batch dict in one vectorised
+    gather (no per-item collate); `lengths` (one per item) feed length-bucketed batch plans; `source` is what the
+    rows come from (an encoded table), kept for inspection."""
+
+    def __init__(self, fetch: Callable[[np.ndarray], dict[str, Any]], lengths: np.ndarray, source: Any = None):
+        self.fetch, self._lengths, self.source = fetch, lengths, source
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        return self.fetch(np.asarray(indices, dtype=np.int64))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])
+
+    def lengths(self) -> np.ndarray:
+        return self._lengths
 
 
 class ClassifiedData(DataModule):

@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 
 from trainer.errors import UserError
 
-from .base import BatchPlan, BucketBatches, DataModule, SequentialBatches
+from .base import BatchPlan, BucketBatches, LazyDataModule
 from .lm_windows import NextTokenWindows
 from .review_text import PAD, UNK, Encoded, Vocabulary, cached_tokenize, encode, window
 from .review_text import tokenizer as get_tokenizer
@@ -271,10 +271,10 @@ class ChunkDataset(Dataset):
 
 
 # ---- the DataModule -------------------------------------------------------------------------------------------------
-class SentimentReviews(DataModule):
+class SentimentReviews(LazyDataModule):
     """Reviews with the original's protocol; `view` lm (next-token samples) or classify (labelled reviews)."""
 
-    machine_keys = DataModule.machine_keys | {"cache_dir", "download"}
+    machine_keys = LazyDataModule.machine_keys | {"cache_dir", "download"}
 
     def __init__(self, source: str = "imdb", path: str | None = None, download: bool = False,
                  cache_dir: str | None = None, view: str = "classify", tokenizer: str = "words",
@@ -314,7 +314,6 @@ class SentimentReviews(DataModule):
         self.max_tokens = max_tokens
         self.vocab: Vocabulary | None = None
         self.pseudo: dict[str, Any] | None = None  # {"split", "docs", "labels"}: self-training's labels
-        self._splits: dict[str, Dataset] | None = {}
         self._enc: Encoded | None = None
         self._labels: np.ndarray | None = None
 
@@ -335,16 +334,6 @@ class SentimentReviews(DataModule):
             self._splits = None  # new inputs only: the checkpoint's vocabulary is all it needs
             return
         self._splits = self._build_splits()
-
-    @property
-    def splits(self) -> dict[str, Dataset]:
-        if self._splits is None:
-            self._splits = self._build_splits()
-        return self._splits
-
-    @splits.setter
-    def splits(self, value: dict[str, Dataset]) -> None:
-        self._splits = value
 
     def _protocol(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Documents of the labelled set (val first), of the test set, and of the unlabelled part."""

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from trainer.errors import UserError
 
-from .base import BatchPlan, BucketBatches, DataModule
+from .base import BatchedRows, BatchPlan, BucketBatches, LazyDataModule
 from .cws_dates import line_issues
 from .cws_formats import (CLAUSE_PUNCTUATION, TYPE_NAMES, B, E, M, S, char_types, clause_pattern, fullwidth, halfwidth,
                           parse_people_daily, people_daily_dates, parse_segmented, read_lines, word_tags,
@@ -204,25 +204,6 @@ class ClauseTable:
         return out
 
 
-class ClauseDataset(Dataset):
-    """Training view: one item per clause."""
-
-    def __init__(self, table: ClauseTable):
-        self.table = table
-
-    def __len__(self) -> int:
-        return len(self.table.lengths)
-
-    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
-        return self.table.batch(np.asarray(indices, dtype=np.int64))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])
-
-    def lengths(self) -> np.ndarray:
-        return self.table.lengths
-
-
 class SentenceDataset(Dataset):
     """Evaluation and prediction view: one item per line, fetched as all of its clauses.
 
@@ -265,7 +246,7 @@ class SentenceDataset(Dataset):
         return longest
 
 
-class SegmentationData(DataModule):
+class SegmentationData(LazyDataModule):
     """Base of the segmentation DataModules: subclasses `read()` their splits as lists of `Sentence`s.
 
     What the model sees of a character, beside its id (columns of x, in this order, each only when asked for):
@@ -299,7 +280,6 @@ class SegmentationData(DataModule):
         self.bigrams: BigramVocabulary | None = None
         self.train_words: frozenset[str] | None = None
         self._lexicon: Lexicon | None = None
-        self._splits: dict[str, Dataset] | None = {}
 
     #: The splits whose words make the word list that OOV/IV recall are counted against.
     word_list_splits: tuple[str, ...] = ("train",)
@@ -311,16 +291,6 @@ class SegmentationData(DataModule):
         # With a checkpoint's vocabulary (loaded before setup), the files are read only when a split is asked for,
         # so that mode=predict needs nothing but the checkpoint.
         self._splits = None if self.vocab is not None else self._build_splits()
-
-    @property
-    def splits(self) -> dict[str, Dataset]:
-        if self._splits is None:
-            self._splits = self._build_splits()
-        return self._splits
-
-    @splits.setter
-    def splits(self, value: dict[str, Dataset]) -> None:
-        self._splits = value
 
     def _build_splits(self) -> dict[str, Dataset]:
         sentences = self.read()
@@ -338,7 +308,8 @@ class SegmentationData(DataModule):
             table = ClauseTable(train, self.vocab, self.punctuation, "train")
             if fresh and self.bigram_min_count:
                 self.bigrams = BigramVocabulary.build(table, len(self.vocab), self.bigram_min_count)
-            splits["train"] = ClauseDataset(self._with_features(table, training=True))
+            table = self._with_features(table, training=True)
+            splits["train"] = BatchedRows(table.batch, table.lengths, table)  # one item per clause
             if self.train_eval_size:
                 splits["train_eval"] = self._sentences(train[: self.train_eval_size], "train_eval")
         for split, items in sentences.items():

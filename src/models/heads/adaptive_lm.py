@@ -10,15 +10,12 @@ predicted token over the split), perplexity = exp(loss), accuracy of the most li
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .base import Head
-
-IGNORE = -100
+from .language_model import IGNORE, NextTokenHead
 
 
 def cutoffs_for(vocab_size: int, cutoffs: Sequence[float]) -> list[int]:
@@ -31,8 +28,8 @@ def cutoffs_for(vocab_size: int, cutoffs: Sequence[float]) -> list[int]:
     return out or [max(vocab_size // 2, 1)]
 
 
-class AdaptiveSoftmaxHead(Head):
-    monitor, monitor_mode = "loss", "min"
+class AdaptiveSoftmaxHead(NextTokenHead):
+    """The metrics (`compute`) are NextTokenHead's, over the same sums."""
 
     def __init__(self, hidden: int, vocab_size: int, cutoffs: Sequence[float] = (0.2, 0.6), div_value: float = 4.0):
         super().__init__()
@@ -55,14 +52,6 @@ class AdaptiveSoftmaxHead(Head):
         self.accumulate("nll_sum", -out.output.double().sum())
         self.accumulate("tokens", torch.tensor(float(len(y)), dtype=torch.float64, device=h.device))
         self.accumulate("correct", (self.softmax.predict(h) == y).sum().double())
-
-    def compute(self) -> dict[str, float]:
-        s = self.sums()
-        if not s:
-            return {}
-        tokens = float(s["tokens"].clamp(min=1))
-        nll = float(s["nll_sum"]) / tokens
-        return {"loss": nll, "perplexity": math.exp(min(nll, 50.0)), "acc": float(s["correct"]) / tokens}
 
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[int]:
         h = outputs["hidden"]
