@@ -9,6 +9,7 @@ inside an epoch and every piece of state (RNG, schedule, optimiser, counters) ha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -42,6 +43,36 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["net"]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process below it, as a lost node would. A kill of torchrun's process group is
+    not enough: torch.distributed.run starts each rank in a session of its own, so the ranks would train on."""
+    pids = [proc.pid, *descendants(proc.pid)]
+    for pid in pids:  # stopped first, so that none of them goes on writing while the others die
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
 def trial(work: Path, launcher: list[str], reference: dict[str, torch.Tensor], rng: random.Random, env: dict) -> str:
     before = runs(work)
     proc = subprocess.Popen(command(work, launcher, *ARGS), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -55,12 +86,12 @@ def trial(work: Path, launcher: list[str], reference: dict[str, torch.Tensor], r
     time.sleep(rng.uniform(0.0, 1.5))
     if proc.poll() is not None:
         return "finished before the kill (not counted)"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_job(proc)
     step = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["counters"]["step"]
     done = subprocess.run(command(work, launcher, f"resume={run}"), cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        return f"killed after step {step}; resume FAILED: {done.stderr.strip().splitlines()[-1:]}"
+        said = [line for line in done.stderr.splitlines() if line.strip() and not set(line.strip()) <= set("=-")]
+        return f"killed after step {step}; resume FAILED (exit {done.returncode}):\n    " + "\n    ".join(said[:6])
     resumed = weights(run)
     same = resumed.keys() == reference.keys() and all(torch.equal(resumed[k], reference[k]) for k in reference)
     return f"killed after step {step}; resumed {'bit-identical' if same else 'DIFFERENT'}"

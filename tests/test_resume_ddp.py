@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,13 @@ if os.environ.get("RANK") == "1":
 '''
 
 
+def _parent(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_ranks_stop_on_max_time_together_even_when_their_clocks_disagree(workdir, tmp_path):
     """max_time is rank 0's decision: a rank that stopped on its own clock would leave the other blocked in the next
@@ -111,13 +119,15 @@ def test_ranks_stop_on_max_time_together_even_when_their_clocks_disagree(workdir
                f"paths.output_dir={workdir / 'outputs'}", f"paths.cache_dir={workdir / 'cache'}", "task=captcha",
                *TINY_CAPTCHA, "trainer.max_epochs=10000", "trainer.max_time=4"]
     before = set(run_dirs(workdir))
-    # its own session, so that a hang can be ended with the ranks too, not only torchrun
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=400)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        # torchrun starts each rank in a session of its own: a hang is ended rank by rank, then torchrun
+        ranks = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _parent(d) == proc.pid]
+        for pid in ranks:
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
         proc.communicate()
         pytest.fail("the ranks did not finish together: one stopped on max_time while the other kept training")
     assert proc.returncode == 0, out[-3000:]
