@@ -2,7 +2,7 @@
 (leftmost-longest, non-overlapping, Aho-Corasick), every match called neutral; scored with the task's own metric
 on the task's own splits (the same DataModule, so the same sentences).
 
-    python bench/absa_dictionary_baseline.py [--data-dir ../shared/data] [--round final|first]
+    python bench/absa_dictionary_baseline.py [--data-dir DATA (default: data)] [--round final|first]
         [--test-views random|unseen] [--split test|val] [--polarity neu|majority]
 
 `--polarity majority` gives each match the polarity its View most often has in training instead (a stronger
@@ -55,7 +55,7 @@ def _polarity_counts(sentences) -> dict[str, collections.Counter]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+    ap.add_argument("--data-dir", default="data")
     ap.add_argument("--round", nargs="+", default=["final", "first"])
     ap.add_argument("--test-views", nargs="+", default=["random", "unseen"])
     ap.add_argument("--split", default="test")

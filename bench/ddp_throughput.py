@@ -5,7 +5,7 @@ Each round runs both launches in alternating order, for each global batch size, 
 `--batches` steps (validation and test off), and reads the loop's own logged samples/s (the first interval, with
 warm-up, dropped). Prints per-round rates and the median ratio DDP / single.
 
-    .venv/bin/python bench/ddp_throughput.py --data ../shared/data [--rounds 2] [--batches 150] [--batch-sizes 128 256]
+    .venv/bin/python bench/ddp_throughput.py --data DATA [--rounds 2] [--batches 150] [--batch-sizes 128 256]
 
 Measured 2026-11-24 at commit 938aa89 (before each step broadcast rank 0's clock: one 8-byte gloo broadcast per
 step against ~0.3 s steps) on the 2-core machine, nothing else running (--rounds 2): batch 128, single 414 / 436 against

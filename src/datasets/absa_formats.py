@@ -1,4 +1,4 @@
-"""File formats of aspect (entity) level sentiment data (problem 1 of PROBLEMS.md), read strictly, written as the
+"""File formats of aspect (entity) level sentiment data (problem 1 of docs/problems.md), read strictly, written as the
 contest wrote them.
 
 - The CCF BDCI 2016 contest ("view-based sentiment analysis", car domain): `Train.csv` holds `SentenceId<TAB>Content`

@@ -1,4 +1,4 @@
-"""Image captchas of 4 letters, case-insensitive (problem 2 of PROBLEMS.md).
+"""Image captchas of 4 letters, case-insensitive (problem 2 of docs/problems.md).
 
 Rendered offline by the `captcha` package (BSD) from random strings of mixed-case letters; the label is the lower-cased
 string, 26 classes per position. The package draws in its bundled DroidSansMono unless given fonts; a reader trained

@@ -1,4 +1,4 @@
-"""Fashion-MNIST (Xiao, Rasul & Vollgraf 2017; problems 5 and 6 of PROBLEMS.md) from its IDX files.
+"""Fashion-MNIST (Xiao, Rasul & Vollgraf 2017; problems 5 and 6 of docs/problems.md) from its IDX files.
 
 Reads the four files of the official release, `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
 `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte` (gzipped or not), from `root` or from torchvision's layout

@@ -1,4 +1,4 @@
-"""Sentiment reviews for language-model pretraining and 1,000-label classification (problem 4 of PROBLEMS.md).
+"""Sentiment reviews for language-model pretraining and 1,000-label classification (problem 4 of docs/problems.md).
 
 Sources (`source`):
 - `imdb`: the Large Movie Review Dataset v1 (aclImdb; Maas et al., ACL 2011), read from the official tarball
@@ -9,7 +9,7 @@ Sources (`source`):
   review a line, 16.5k positive and 18.6k negative), or a folder with two such files: the embedded default that
   runs without IMDB. It has no unlabelled part.
 
-The protocol of the original (PROBLEMS.md 4): the labelled reviews (IMDB: train and test merged, 50k) are one pool;
+The protocol of the original (docs/problems.md 4): the labelled reviews (IMDB: train and test merged, 50k) are one pool;
 `labelled` (1,000) of them, drawn by `split_seed`, are the labelled set and all the others are the test set. The
 vocabulary is the `vocab_size` (10k) most frequent words of the pool's text; words outside it are dropped (as the
 original's Keras tokenizer dropped them; `oov=unk` keeps them as one id). The classifier reads the last `max_len`
@@ -117,8 +117,9 @@ def read_acl_imdb(path: Path, need_unsup: bool) -> Reviews:
     """The labelled reviews (train then test; pos then neg; by file id), then the unlabelled ones."""
     found = find_acl_imdb(path)
     if found is None:
-        raise UserError(f"no aclImdb data at {path}: give dataset.path=the aclImdb tarball or its folder (e.g. "
-                        "paths.data_dir=../shared/data), or dataset.download=true to fetch it")
+        raise UserError(f"no aclImdb data at {path}: give dataset.path=the aclImdb tarball or its folder (by "
+                        "default imdb/ under paths.data_dir: paths.data_dir=/your/data), or dataset.download=true to "
+                        "fetch it")
     is_tar = found.is_file()
     items = []
     for name, data in (_tar_members(found) if is_tar else _folder_members(found)):

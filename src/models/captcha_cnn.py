@@ -1,4 +1,4 @@
-"""The faithful captcha CNN of PROBLEMS.md (problem 2), after the Keras captcha-breaking example it reproduces:
+"""The faithful captcha CNN of docs/problems.md (problem 2), after the Keras captcha-breaking example it reproduces:
 four blocks of [3x3 conv with 32 filters ('valid' padding, Keras' default), 2x2 max-pool, ReLU], flatten, then one
 separate linear classifier per letter position."""
 from __future__ import annotations

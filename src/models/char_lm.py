@@ -1,6 +1,6 @@
 """Character language model of problem 1 (aspect sentiment): the previous 7 characters predict the next.
 
-Embedding (64) -> GRU (64) -> linear over the vocabulary, as in PROBLEMS.md: its only purpose is to pretrain the
+Embedding (64) -> GRU (64) -> linear over the vocabulary, as in docs/problems.md: its only purpose is to pretrain the
 character embedding (`embedding.weight`) that the tagger then takes over, frozen (stage `init.include`). Input is
 (B, window) ids, left-padded with 0 at a document's start; output is (B, V) logits for `NextTokenHead`.
 """

@@ -1,4 +1,4 @@
-"""A residual network of dilated 1-D convolutions for spectra (problem 8 of PROBLEMS.md: the LAMOST classifier of
+"""A residual network of dilated 1-D convolutions for spectra (problem 8 of docs/problems.md: the LAMOST classifier of
 the Tianchi 2018 contest).
 
 One block: three convolutions of kernel 3 and dilation 1, 2 and 4 in sequence, each giving 2f channels that are

@@ -1,4 +1,4 @@
-"""Dropout with a noise shape (problem 6 of PROBLEMS.md), as Keras's `Dropout(rate, noise_shape)` defines it.
+"""Dropout with a noise shape (problem 6 of docs/problems.md), as Keras's `Dropout(rate, noise_shape)` defines it.
 
 Inverted dropout (Srivastava et al. 2014, in the form every framework uses): in training each element is kept with
 probability 1 - p and the kept ones are scaled by 1 / (1 - p), so the expectation of the output equals the input

@@ -1,5 +1,5 @@
 """The faithful segmenter of problem 3: a small fully convolutional s/b/m/e tagger (Su Jianlin, 2017, kexue.fm
-"基于全卷积网络的中文分词"; PROBLEMS.md).
+"基于全卷积网络的中文分词"; docs/problems.md).
 
 Character embedding of 128, dropout 0.5, then 1-D convolutions of kernel 3 with 128, 32 and 4 output channels,
 ReLU between them, "same" padding and no pooling: one score per tag and character.

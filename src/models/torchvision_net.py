@@ -1,6 +1,6 @@
 """A torchvision classification model as a task's model: the faithful Fashion-MNIST MobileNet (problem 5).
 
-PROBLEMS.md's original upscales the 28x28 grey images to 56x56, repeats the grey channel three times, and puts
+docs/problems.md's original upscales the 28x28 grey images to 56x56, repeats the grey channel three times, and puts
 dropout 0.5 and a 10-way softmax on MobileNet; all layers train. Here the upscaling (bilinear) and the channel
 repeat happen inside the model, on the device, so the DataModule keeps serving 28x28 single-channel batches. Any
 model of torchvision's registry works (mobilenet_v2, mobilenet_v3_small/large, resnet18, ...), optionally

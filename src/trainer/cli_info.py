@@ -46,7 +46,7 @@ def version_line() -> str:
 
     ours = version("stagefit")
     if ours == "not installed":
-        pyproject = CONF_DIR.parent.parent / "pyproject.toml"  # (conf/ sits beside it in a checkout)
+        pyproject = CONF_DIR.parent / "pyproject.toml"  # (conf/ sits beside it in a checkout)
         for line in pyproject.read_text().splitlines() if pyproject.is_file() else []:
             if line.startswith("version"):
                 ours = line.split("=", 1)[1].strip().strip('"') + " (checkout)"

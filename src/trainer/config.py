@@ -41,7 +41,7 @@ class TrainerConfig:
     # Optimisation.
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = None
-    # Stop like a NaN when the training loss's moving average grows past this multiple of its starting level (a
+    # Stop like a NaN when the training loss's moving average grows past this multiple of the lowest it has been (a
     # diverging run stays finite for long); null turns the check off.
     divergence_factor: Optional[float] = 100.0
     ema_decay: Optional[float] = None  # e.g. 0.999: validate, keep and test an average of the weights (timm, Keras)
@@ -106,7 +106,7 @@ def _check(cfg: TrainerConfig, where: str) -> None:
     if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
         raise bad("ema_decay", f"{cfg.ema_decay} is not in (0, 1); null turns the average off")
     if cfg.divergence_factor is not None and not cfg.divergence_factor > 1:
-        raise bad("divergence_factor", f"{cfg.divergence_factor} must be > 1 (a multiple of the starting loss), or null")
+        raise bad("divergence_factor", f"{cfg.divergence_factor} must be > 1 (a multiple of the lowest smoothed loss), or null")
     if cfg.gradient_clip_val is not None and not cfg.gradient_clip_val > 0:  # a negative norm flips the gradients
         raise bad("gradient_clip_val", f"{cfg.gradient_clip_val} must be > 0, or null for no clipping")
     if cfg.accumulate_grad_batches < 1:

@@ -54,7 +54,7 @@ def resume_overrides(overrides: list[str], stamp: str) -> tuple[list[str], Path 
 
 
 def _work_where_it_started(run_dir: Path) -> None:
-    """Change to the folder the run was started in, so that its relative paths (paths.data_dir=../shared/data, the
+    """Change to the folder the run was started in, so that its relative paths (paths.data_dir=../data, the
     default `data`) mean what they meant then; a resume from another folder read other data or none."""
     with contextlib.suppress(Exception):  # an unreadable record: stay here
         started = Path(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd)

@@ -4,7 +4,7 @@ rarer ones in clusters of smaller projections, so a step costs a fraction of a f
 while the model stays a proper distribution over every word (perplexity is exact, not an estimate).
 
 The head owns the output layer (its parameters are `head.softmax.*`); the model returns `{"hidden": (B, T, H)}`
-(RNNLanguageModel with decoder=false). Vocabulary ids must be ordered by frequency (the review vocabularies are).
+(text_models.LanguageModel with decoder: false). Vocabulary ids must be ordered by frequency (the review vocabularies are).
 `batch["y"]` holds the target ids with -100 on padding. Metrics as heads/language_model.py: loss (mean NLL per
 predicted token over the split), perplexity = exp(loss), accuracy of the most likely word.
 """

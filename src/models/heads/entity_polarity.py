@@ -1,4 +1,4 @@
-"""Head for entity-level sentiment as character tagging (problem 1 of PROBLEMS.md, CCF BDCI 2016).
+"""Head for entity-level sentiment as character tagging (problem 1 of docs/problems.md, CCF BDCI 2016).
 
 Tags: 0 = not an entity, 1/2/3 = inside a positive/neutral/negative entity. The model may output more scores than
 tags (the original's fifth, padding class): only the first `num_tags` are decoded.

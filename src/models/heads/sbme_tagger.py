@@ -1,4 +1,4 @@
-"""Head for Chinese word segmentation as s/b/m/e character tagging (problem 3 of PROBLEMS.md).
+"""Head for Chinese word segmentation as s/b/m/e character tagging (problem 3 of docs/problems.md).
 
 - Loss: per-character cross-entropy over the four tags, padding masked out. A model that also returns learned
   transition scores (a dict with "emissions", "transitions", "start", "end", see `trainer.models.seg_resfcn`) is trained
