@@ -211,16 +211,6 @@ def test_checking_the_output_folder_leaves_none_behind(tmp_path):
         checks._check_output_dir("/proc/version/outputs")
 
 
-def test_ctrl_c_at_start_up_is_not_an_error(monkeypatch, capsys):
-    def interrupted(argv):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli, "_main", interrupted)
-    with pytest.raises(SystemExit) as e:
-        cli.main([])
-    assert e.value.code == 130 and capsys.readouterr().err == "interrupted: during start-up, before the run began\n"
-
-
 def test_runs_lists_task_state_best_metric_and_folder(tmp_path, capsys):
     def run(path, record=None, last=False):
         path.mkdir(parents=True)
