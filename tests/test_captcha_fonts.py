@@ -133,3 +133,15 @@ def test_mode_eval_renders_only_the_split_it_scores(tmp_path):
     assert not (tmp_path / "captcha").exists() and all(dm.has_split(s) for s in ("val", "test", "test_unseen"))
     next(iter(dm.loader("test_unseen")))
     assert [p.name.split("-")[1] for p in (tmp_path / "captcha").glob("*.x.npy")] == ["seed5000"]
+
+
+def test_the_same_font_in_two_folders_or_under_two_names_counts_once(tmp_path):
+    """A folder tree often holds copies of one font (documentation sites do, per page); each would otherwise be
+    drawn as often as a whole other font, and weigh as much in a per-font mean."""
+    droid = fontpool.named_fonts("captcha")[0]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(droid, tmp_path / folder / "DroidSansMono.ttf")
+    shutil.copy(droid, tmp_path / "b" / "renamed.ttf")
+    fonts = fontpool.resolve([str(tmp_path / "a"), str(tmp_path / "b"), "captcha"], "abcABC", "dataset.fonts")
+    assert fonts == [tmp_path / "a" / "DroidSansMono.ttf"]

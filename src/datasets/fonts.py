@@ -104,13 +104,14 @@ def missing_glyphs(path: str, chars: str) -> str:
 
 
 def resolve(entries: Sequence[str], chars: str, where: str) -> list[Path]:
-    """The font files of a font list, in order, each once, each with a glyph for every character of `chars`. A font
+    """The font files of a font list, in order, each font once (by content), each with a glyph for every character of `chars`. A font
     named as a file that lacks some is an error; one found in a folder is skipped with a warning (system folders hold
     symbol fonts)."""
     import logging
 
     log = logging.getLogger("trainer")
     out: list[Path] = []
+    seen: set[str] = set()
     for entry in entries:
         entry = str(entry)
         problem = entry_problem(entry)
@@ -134,7 +135,9 @@ def resolve(entries: Sequence[str], chars: str, where: str) -> list[Path]:
                                     "character of dataset.alphabet (upper case too)")
                 log.warning(f"{where}: skipping {f}: no glyph for '{missing}'")
                 continue
-            if f.resolve() not in {o.resolve() for o in out}:
+            digest = hashlib.sha1(f.read_bytes()).hexdigest()
+            if digest not in seen:  # the same font under two names or in two folders counts once
+                seen.add(digest)
                 out.append(f)
     if not out:
         raise UserError(f"{where}: no usable font in {list(entries)}")
