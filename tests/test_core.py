@@ -247,6 +247,10 @@ def test_command_line_keys_win_over_a_stages_values():
     # stages.b.trainer.max_epochs=20 given on the command line as well: for b, that one wins
     (_, a), (_, b) = stage_configs(cfg, [*pinned, "stages.b.trainer.max_epochs"])
     assert (a.trainer.max_epochs, b.trainer.max_epochs) == (1, 20)
+    # optim.lr=0.5 on the command line: Adam's, in the stages that keep Adam; stage b builds SGD with its own rate
+    cfg.optim.lr = 0.5
+    (_, a), (_, b) = stage_configs(cfg, ["optim.lr"])
+    assert (a.optim.lr, b.optim.lr) == (0.5, 1e-4)
 
 
 def test_schedules_shape():

@@ -127,9 +127,10 @@ def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str
 
     An override section that names a different `_target_` replaces the root's section (switching Adam for SGD must
     not carry Adam's betas over); otherwise it is merged key by key. The `pinned` keys (what the command line and
-    the debug config set, see `Invocation.pinned_keys`) keep the root's value in every stage that has the key: a
-    command-line `trainer.max_epochs=1` or `debug=limit` must not be undone by a stage's own `max_epochs`; one
-    stage alone is set with `stages.NAME.KEY=VALUE`.
+    the debug config set, see `Invocation.pinned_keys`) keep the root's value in every stage that has the key and
+    builds the same `_target_` above it: a command-line `trainer.max_epochs=1` or `debug=limit` must not be undone
+    by a stage's own `max_epochs`, and `model.hidden` for the tagger must not reach the language model a stage builds
+    in its place; one stage alone is set with `stages.NAME.KEY=VALUE`.
     """
     base = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("stages", "init")])
     root_init = {k: v for k, v in (cfg.get("init") or {}).items() if v is not None and v is not False}
@@ -160,6 +161,8 @@ def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str
             for key in pinned:
                 if f"stages.{name}.{key}" in pinned:  # set for this stage on the command line too: that wins
                     continue
+                if not _same_component(base, scfg, key):  # the stage builds another class: the key means else
+                    continue
                 ours = OmegaConf.select(base, key, default=_ABSENT)
                 theirs = OmegaConf.select(scfg, key, default=_ABSENT)
                 if ours is not _ABSENT and theirs is not _ABSENT and ours != theirs:
@@ -170,6 +173,17 @@ def stage_configs(cfg: DictConfig, pinned: Sequence[str] = ()) -> list[tuple[str
     if not out:
         raise UserError("stages: every stage is disabled (null)")
     return out
+
+
+def _same_component(base: DictConfig, stage: DictConfig, key: str) -> bool:
+    """Whether every section above `key` builds the same `_target_` in the stage as in the root: a command-line
+    `model.hidden` is the tagger's, not the language model's that a stage puts in its place."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        target = ".".join(parts[:i]) + "._target_"
+        if OmegaConf.select(base, target, default=None) != OmegaConf.select(stage, target, default=None):
+            return False
+    return True
 
 
 def check_stages(cfg: DictConfig) -> None:
