@@ -244,6 +244,16 @@ def test_the_entity_list_pass_finds_a_listed_entity_the_model_missed_and_polarit
     assert head.decode(scores_, batch_for("ABCD", [(0, 4)])) == [[("ABCD", "neg")]]
 
 
+def test_tag_bias_moves_the_decision_and_must_name_every_tag():
+    # the model leans positive on AB (log 0.5 against log 0.3 for neutral): a bias of +1 on neutral turns it over
+    scores_ = logits([[0.1, 0.5, 0.3, 0.1]] * 2)
+    assert EntityPolarityTagger(entity_pass=False).decode(scores_, batch_for("AB")) == [[("AB", "pos")]]
+    biased = EntityPolarityTagger(entity_pass=False, tag_bias=[0, 0, 1, 0])
+    assert biased.decode(scores_, batch_for("AB")) == [[("AB", "neu")]]
+    with pytest.raises(ValueError, match="one number per tag"):
+        EntityPolarityTagger(tag_bias=[0, 1])
+
+
 def test_back_to_back_entities_are_cut_at_the_entity_list_matches_on_request():
     head = EntityPolarityTagger(split_at_matches=True)
     scores_ = logits([[0.1, 0.05, 0.8, 0.05]] * 4)
