@@ -454,7 +454,8 @@ def image_inputs(path: Path, missing: str) -> list[Path]:
 
 class LazyDataModule(DataModule):
     """A DataModule whose splits are built by `_build_splits` when first read after a `setup` that left them at None
-    (before any setup they are {}). Such a setup reads no files: with a checkpoint's state loaded (a vocabulary), mode=predict needs nothing but the checkpoint."""
+    (before any setup they are {}). Such a setup reads no files: with a checkpoint's state loaded (a vocabulary),
+    mode=predict needs nothing but the checkpoint."""
 
     def _build_splits(self) -> dict[str, Dataset]:
         raise NotImplementedError
