@@ -71,6 +71,12 @@ def test_icwb2_oov_is_counted_against_the_whole_training_file(tmp_path):
     data = Icwb2(train=str(tmp_path / "train.utf8"), val_fraction=0.05, min_count=1)
     data.setup()
     assert len(data.splits["val"]) == 1 and data.train_words == {"共同", "创造", "美好", "世纪"}
+    # ... but the word-list features of the validation lines come from the training lines' words alone: 美好 and
+    # 世纪 occur only in the validation line, and must not be found there
+    data = Icwb2(train=str(tmp_path / "train.utf8"), val_fraction=0.05, min_count=1, word_features=4)
+    data.setup()
+    val = data.splits["val"].table
+    assert val.texts == ["美好世纪"] and not val.inputs[:, -3:].any()
 
 
 def test_tags_round_trip():

@@ -303,6 +303,9 @@ class SegmentationData(LazyDataModule):
             self.vocab = Vocabulary.build([s.text for s in train], self.min_count, self.normalize_width)
             self.train_words = frozenset(w for name in self.word_list_splits for s in sentences.get(name, [])
                                          for w in s.gold)
+        if train and self.word_features:  # held-out lines are matched against the training lines' words alone
+            self._lexicon = Lexicon(frozenset(w for s in train for w in s.gold), self.word_features,
+                                    self.normalize_width)
         splits: dict[str, Dataset] = {}
         if train:
             table = ClauseTable(train, self.vocab, self.punctuation, "train")
@@ -331,7 +334,7 @@ class SegmentationData(LazyDataModule):
                 table.add_columns(out_of_fold(table.gold, table.clauses_per_sentence(), self.word_feature_folds,
                                               self.word_features, self.normalize_width))
             else:
-                if self._lexicon is None:
+                if self._lexicon is None:  # a checkpoint's: the whole training file's words (validation lines too)
                     self._lexicon = Lexicon(self.train_words, self.word_features, self.normalize_width)
                 table.add_columns(self._lexicon.features(table.texts))
         return table
