@@ -167,10 +167,6 @@ class ClauseTable:
         inputs = self.inputs[:, None] if self.inputs.ndim == 1 else self.inputs
         self.inputs = np.concatenate([inputs, columns.reshape(len(self.ids), -1).astype(inputs.dtype)], 1)
 
-    def add_bigram_ids(self, bigram_ids: np.ndarray) -> None:
-        """Carry each character's (left, right) bigram ids beside its id in every batch's x."""
-        self.add_columns(bigram_ids)
-
     def clauses_per_sentence(self) -> list[list[str]]:
         return [self.texts[f : f + c] for f, c in zip(self.sentence_first.tolist(), self.sentence_counts.tolist())]
 
@@ -326,7 +322,7 @@ class SegmentationData(LazyDataModule):
 
     def _with_features(self, table: ClauseTable, training: bool = False) -> ClauseTable:
         if self.bigrams is not None:
-            table.add_bigram_ids(self.bigrams.encode(table))
+            table.add_columns(self.bigrams.encode(table))  # each character's (left, right) bigram ids
         if self.char_types:
             table.add_columns(char_types(codepoints("".join(table.texts))))
         if self.word_features:
