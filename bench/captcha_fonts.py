@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from trainer import checkpoint as ckpt
 from trainer.datasets import fonts as fontpool
-from trainer.datasets.captcha import ALPHABET, drawn_from, encode, render
+from trainer.datasets.captcha import ALPHABET, _render_chunk, drawn_from
 from trainer.stages import build
 
 SEED = 9_000  # apart from the splits' 1000..5000
@@ -40,14 +40,11 @@ def load_model(path: str) -> tuple[torch.nn.Module, dict]:
 
 
 def renders(font: str, n: int, data: dict) -> tuple[np.ndarray, np.ndarray]:
-    size = (data["width"], data["height"])
-    images, labels = [], []
-    for i in range(n):
-        image, text = render(SEED * 10_000_019 + i, data.get("length", 4), data.get("render_width", 160),
-                             data.get("render_height", 60), size=size, fonts=(font,))
-        images.append(image)
-        labels.append(encode(text, data.get("alphabet", ALPHABET)))
-    return np.stack(images)[:, None], np.stack(labels)
+    """The checkpoint's captchas (its length, alphabet and sizes) drawn in one font, by the task's own renderer."""
+    render_size = (data.get("render_width", 160), data.get("render_height", 60))
+    _, _, images, labels = _render_chunk((SEED, 0, n, data.get("length", 4), data["width"], data["height"],
+                                          render_size, data.get("alphabet", ALPHABET), (font,), 0.0))
+    return images[:, None], labels
 
 
 @torch.inference_mode()
