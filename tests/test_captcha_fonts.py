@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from trainer.datasets import fonts as fontpool
@@ -145,3 +146,39 @@ def test_the_same_font_in_two_folders_or_under_two_names_counts_once(tmp_path):
     shutil.copy(droid, tmp_path / "b" / "renamed.ttf")
     fonts = fontpool.resolve([str(tmp_path / "a"), str(tmp_path / "b"), "captcha"], "abcABC", "dataset.fonts")
     assert fonts == [tmp_path / "a" / "DroidSansMono.ttf"]
+
+
+def test_training_shear_slants_only_the_training_split_seeded_by_sample_and_epoch(tmp_path):
+    def data(**kw):
+        d = CaptchaData(fonts=["captcha"], train_size=8, val_size=8, test_size=0, cache_dir=str(tmp_path), **SMALL,
+                        **kw)
+        d.setup("fit")
+        return d
+
+    plain, slanted = data(), data(train_shear=0.4)
+    rows = list(range(8))
+    a, b = (d.splits["train"].__getitems__(rows)["x"] for d in (plain, slanted))
+    assert a.shape == b.shape and not torch.equal(a, b)
+    assert torch.equal(b, data(train_shear=0.4).splits["train"].__getitems__(rows)["x"])  # seeded
+    # a sample leans the same way in any batch; another epoch draws another lean
+    assert torch.equal(slanted.splits["train"].__getitems__([3])["x"][0], b[3])
+    slanted.splits["train"].set_epoch(1)
+    assert not torch.equal(slanted.splits["train"].__getitems__(rows)["x"], b)
+    # validation is never slanted
+    assert torch.equal(plain.splits["val"].__getitems__(rows)["x"], slanted.splits["val"].__getitems__(rows)["x"])
+    # the same augmentation renders on the fly
+    fly = CaptchaData(fonts=["captcha"], train_size=8, val_size=0, test_size=0, cache=False, train_shear=0.4, **SMALL)
+    fly.setup("fit")
+    assert torch.allclose(fly.splits["train"][3]["x"], b[3], atol=1e-6)
+
+
+def test_affine_with_no_shear_is_unchanged_and_a_shear_moves_columns_by_rows():
+    from trainer.datasets import image_augment as aug
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, :, 4] = 1.0  # a vertical bar
+    u = np.full((1, aug.DRAWS["affine"]), 0.5)  # no rotation, zoom or shift
+    assert torch.allclose(aug.affine(x, u), x, atol=1e-6)
+    u[0, 5] = 1.0  # the largest lean: x moves by `shear` pixels per row
+    bent = aug.affine(x, u, shear=1.0)
+    top, bottom = bent[0, 0, 0].argmax().item(), bent[0, 0, -1].argmax().item()
+    assert abs(top - bottom) == 8

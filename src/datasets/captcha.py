@@ -41,7 +41,8 @@ from trainer.progress import Activity
 from trainer.schema import Check
 
 from . import fonts as fontpool
-from .base import ArrayDataset, DataModule, SequentialBatches, image_inputs
+from . import image_augment as aug
+from .base import ArrayDataset, DataModule, SequentialBatches, image_inputs, per_sample_uniform
 from .fonts import fonts_problem
 
 log = logging.getLogger("trainer")
@@ -338,10 +339,11 @@ class _OnTheFly(torch.utils.data.Dataset):
     """Renders in DataLoader workers instead of caching; with fresh_each_epoch, every epoch sees new captchas."""
 
     def __init__(self, split_seed: int, n: int, length: int, width: int, height: int, render_size: tuple[int, int],
-                 fresh_each_epoch: bool, alphabet: str = ALPHABET, fonts: tuple[str, ...] = (), stroke: float = 0.0):
+                 fresh_each_epoch: bool, alphabet: str = ALPHABET, fonts: tuple[str, ...] = (), stroke: float = 0.0,
+                 transform=None):
         self.split_seed, self.n, self.length, self.width, self.height = split_seed, n, length, width, height
         self.render_size, self.fresh, self.alphabet, self.fonts = render_size, fresh_each_epoch, alphabet, fonts
-        self.stroke = stroke
+        self.stroke, self.transform = stroke, transform  # transform: ArrayDataset's (batch, indices, epoch)
 
     def __len__(self) -> int:
         return self.n
@@ -349,7 +351,10 @@ class _OnTheFly(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, text = render(_seed(self.split_seed, index), self.length, *self.render_size, size=(self.width, self.height),
                              alphabet=self.alphabet, fonts=self.fonts, stroke=self.stroke)
-        return {"x": torch.tensor(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text, self.alphabet))}
+        sample = {"x": torch.tensor(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text, self.alphabet))}
+        if self.transform is not None:  # (a sample index is never rendered twice when fresh_each_epoch: epoch 0)
+            sample["x"] = self.transform({"x": sample["x"][None]}, np.array([index]), 0)["x"][0]
+        return sample
 
 
 class _Pending(torch.utils.data.Dataset):
@@ -390,6 +395,7 @@ class CaptchaData(DataModule):
         val_unseen_size: Annotated[int, Ge(0)] = 2_000,
         test_unseen_size: Annotated[int, Ge(0)] = 10_000,
         train_stroke: Annotated[float, Interval(ge=0, le=1)] = 0.0,
+        train_shear: Annotated[float, Interval(ge=0, le=1)] = 0.0,
         **loader: Any,
     ):
         super().__init__(**loader)
@@ -406,7 +412,7 @@ class CaptchaData(DataModule):
         self.test_font_entries = [str(f) for f in test_fonts]
         self.split_fonts: dict[str, tuple[str, ...]] = {}
         self.pending: dict[str, _Pending] = {}
-        self.train_stroke = train_stroke
+        self.train_stroke, self.train_shear = train_stroke, train_shear
 
     def resolve_fonts(self) -> dict[str, tuple[str, ...]]:
         """The font files of each split: train draws from the pool less the held-out fonts, val/test from
@@ -455,7 +461,8 @@ class CaptchaData(DataModule):
                 self.splits[split] = _OnTheFly(SPLIT_SEEDS[split], n, self.length, self.width, self.height,
                                                self.render_size, fresh_each_epoch=split == "train" and self.fresh,
                                                alphabet=self.alphabet, fonts=self.split_fonts[split],
-                                               stroke=self.train_stroke if split == "train" else 0.0)
+                                               stroke=self.train_stroke if split == "train" else 0.0,
+                                               transform=self._slant if split == "train" and self.train_shear else None)
             elif split in UNSEEN_SPLITS or stage == "eval":  # (listed among the splits once read)
                 self.pending[split] = _Pending(n, lambda split=split, n=n: self._cached(split, n))
             else:
@@ -466,7 +473,18 @@ class CaptchaData(DataModule):
         arrays = cached_split(self.cache_dir, SPLIT_SEEDS[split], n, self.length, self.width, self.height,
                               self.render_size, self.render_workers, what=f"{split} captchas", alphabet=self.alphabet,
                               fonts=fonts, stroke=self.train_stroke if split == "train" else 0.0)
-        return ArrayDataset(arrays, transform=_to_float)
+        return ArrayDataset(arrays, transform=self._train_transform if split == "train" and self.train_shear
+                            else _to_float)
+
+    def _train_transform(self, batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -> dict[str, torch.Tensor]:
+        return self._slant(_to_float(batch, indices, epoch), indices, epoch)
+
+    def _slant(self, batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -> dict[str, torch.Tensor]:
+        """Training captchas leaning by a horizontal shear of up to +-train_shear (an upright face read as its italic),
+        drawn per sample and epoch; the corners it uncovers are white, like the captchas' light background."""
+        u = per_sample_uniform(self.seed, epoch, indices, aug.DRAWS["affine"])
+        batch["x"] = aug.affine(batch["x"], u, shear=self.train_shear, fill=1.0)
+        return batch
 
     def has_split(self, split: str) -> bool:
         return split in self.splits or split in self.pending

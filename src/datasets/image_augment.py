@@ -12,8 +12,8 @@ What each one follows:
   - `erase`: Random Erasing (Zhong et al. 2020), torchvision's RandomErasing parameterisation: an area fraction in
     `scale`, a log-uniform aspect ratio in `ratio`, a uniform position; filled with `value`.
   - `quadrant_mask`: blank one of the four quadrants (the dog fine-tuning original's "mask a quadrant").
-  - `affine`: per-sample rotation, zoom (in and out), translation and flip in one `affine_grid`/`grid_sample` pass,
-    the batched form of torchvision's RandomAffine + RandomHorizontalFlip.
+  - `affine`: per-sample rotation, zoom (in and out), translation, horizontal shear and flip in one
+    `affine_grid`/`grid_sample` pass, the batched form of torchvision's RandomAffine + RandomHorizontalFlip.
 """
 from __future__ import annotations
 
@@ -91,9 +91,10 @@ def quadrant_mask(x: torch.Tensor, u: np.ndarray, p: float = 0.5, value: float =
 
 def affine(x: torch.Tensor, u: np.ndarray, degrees: float = 0.0, zoom: tuple[float, float] = (1.0, 1.0),
            translate: float = 0.0, flip_p: float = 0.0, out_size: tuple[int, int] | None = None,
-           fill: float = 0.0) -> torch.Tensor:
+           fill: float = 0.0, shear: float = 0.0) -> torch.Tensor:
     """Rotate by up to +-degrees, zoom by a factor in `zoom` (>1 zooms in), shift by up to `translate` of the size,
-    mirror with probability flip_p; resample bilinearly to `out_size` (default: the input size)."""
+    slant by a horizontal shear of up to +-shear (x moves by shear * y, in pixels: upright letters lean like an
+    italic), mirror with probability flip_p; resample bilinearly to `out_size` (default: the input size)."""
     b, c, h, w = x.shape
     uu = _u(u, x.device)
     angle = (uu[:, 0] * 2 - 1) * math.radians(degrees)
@@ -103,7 +104,10 @@ def affine(x: torch.Tensor, u: np.ndarray, degrees: float = 0.0, zoom: tuple[flo
     ty = (uu[:, 3] * 2 - 1) * translate * 2
     mirror = torch.where(uu[:, 4] < flip_p, -1.0, 1.0)
     cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
-    theta = torch.stack([torch.stack([cos * mirror, -sin, tx], 1), torch.stack([sin * mirror, cos, ty], 1)], 1)
+    # a shear of k pixels per pixel is k * h / w in affine_grid's [-1, 1] coordinates (x and y are scaled apart)
+    k = (uu[:, 5] * 2 - 1) * shear * h / w
+    theta = torch.stack([torch.stack([(cos + k * sin) * mirror, k * cos - sin, tx], 1),  # shear after the rotation
+                         torch.stack([sin * mirror, cos, ty], 1)], 1)
     oh, ow = out_size or (h, w)
     grid = F.affine_grid(theta, [b, c, oh, ow], align_corners=False)
     if fill == 0.0:
