@@ -182,3 +182,11 @@ def test_affine_with_no_shear_is_unchanged_and_a_shear_moves_columns_by_rows():
     bent = aug.affine(x, u, shear=1.0)
     top, bottom = bent[0, 0, 0].argmax().item(), bent[0, 0, -1].argmax().item()
     assert abs(top - bottom) == 8
+
+
+def test_a_named_font_set_whose_package_is_missing_is_one_line(monkeypatch):
+    monkeypatch.setitem(fontpool.FONT_PACKAGES, "roboto", ("no_such_font_package", "font-nothing"))
+    assert fontpool.fonts_problem(["captcha", "roboto"]) == (
+        "font list entry 'roboto' needs the font-nothing package (pip install font-nothing)")
+    with pytest.raises(UserError, match="needs the font-nothing package"):
+        fontpool.resolve(["roboto"], "ab", "dataset.fonts")

@@ -2,12 +2,16 @@
 has the glyphs it will draw, a content hash for cache keys, and held-out fonts chosen by name.
 
 An entry of a font list is a font file (.ttf, .otf, .ttc, .woff, .woff2: whatever FreeType reads), a folder (its font
-files, recursively), or one of two names of fonts that install with the project:
+files, recursively), or one of the names of fonts that install with the project:
   - `captcha`: the `captcha` package's bundled DroidSansMono (Apache 2.0), what the package draws in by default;
   - `matplotlib`: the text fonts matplotlib ships (a dependency): DejaVu Sans, Sans Mono and Serif in four styles
     each, STIX General in four, Computer Modern roman, bold, italic, sans and typewriter. Its other files are symbol
     fonts that map letters to other shapes (cmsy10, cmex10, STIXSiz*) or have no letters at all (STIXNonUni*,
-    *Display, LastResort), so they are listed by name rather than globbed.
+    *Display, LastResort), so they are listed by name rather than globbed;
+  - `roboto`: Roboto (Google, OFL) in 12 weights and italics, from the `font-roboto` package;
+  - `source_sans`: Source Sans Pro (Adobe, OFL) in 12 weights and italics, from `font-source-sans-pro` (its .ttf
+    files; the .otf beside each is the same face).
+The last two are the proportional sans faces, light to black and upright to italic, that matplotlib's set lacks.
 """
 from __future__ import annotations
 
@@ -28,21 +32,25 @@ MATPLOTLIB_FONTS = (
     "STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",
     "cmr10", "cmb10", "cmti10", "cmss10", "cmtt10",
 )
-NAMED = ("captcha", "matplotlib")
+NAMED = ("captcha", "matplotlib", "roboto", "source_sans")
+FONT_PACKAGES = {"roboto": ("font_roboto", "font-roboto"), "source_sans": ("font_source_sans_pro", "font-source-sans-pro")}
 _ABSENT = "\U0010fffd"  # a private-use code point no text font maps: what a missing glyph renders as
 
 
-def _package_dir(name: str) -> Path:
+def _package_dir(name: str, entry: str | None = None, dist: str | None = None) -> Path:
     """A package's folder without importing it (matplotlib's import costs a second; only its files are wanted)."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"font list entry '{name}' needs the {name} package (pip install {name})")
+        raise UserError(f"font list entry '{entry or name}' needs the {dist or name} package (pip install {dist or name})")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def named_fonts(name: str) -> list[Path]:
     if name == "captcha":
         return [_package_dir("captcha") / "data" / "DroidSansMono.ttf"]
+    if name in FONT_PACKAGES:
+        module, dist = FONT_PACKAGES[name]
+        return sorted((_package_dir(module, name, dist) / "files").glob("*.ttf"))
     folder = _package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
     return [folder / f"{stem}.ttf" for stem in MATPLOTLIB_FONTS]
 
@@ -50,6 +58,8 @@ def named_fonts(name: str) -> list[Path]:
 def entry_problem(entry: str) -> str | None:
     """Why one font list entry cannot be used (not there, an empty folder, a file that is not a font), or None.
     Cheap (FreeType reads the header): the config check runs it on every entry before any work."""
+    if entry in FONT_PACKAGES and importlib.util.find_spec(FONT_PACKAGES[entry][0]) is None:
+        return f"font list entry '{entry}' needs the {FONT_PACKAGES[entry][1]} package (pip install {FONT_PACKAGES[entry][1]})"
     if entry in NAMED:
         return None
     path = Path(entry).expanduser()
