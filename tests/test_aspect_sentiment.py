@@ -10,12 +10,15 @@ import random
 import pytest
 import torch
 
+from torch import nn
+
 from conftest import cli, latest_run
 from trainer.datasets.absa import BdciAbsa, SentenceDataset, window_starts
 from trainer.datasets.absa_formats import read_contest, read_jsonl, read_new_sentences
 from trainer.errors import UserError
 from trainer.models.heads.absa_score import scores, sentence_counts
 from trainer.models.heads.entity_polarity import EntityPolarityTagger, pairs_of
+from trainer.models.span_polarity import SpanPolarity, gold_spans
 
 # ---- a toy corpus: entity names, and opinion phrases that decide the polarity of the entity before them --------
 ENTITIES = ["宝马", "奥迪", "大众速腾", "长安", "吉利帝豪", "丰田", "本田雅阁", "福克斯"]
@@ -275,6 +278,119 @@ def test_pseudo_labels_are_spans_with_the_least_sure_character_as_confidence():
     assert labels == [[[1, 3, 1]]] and math.isclose(float(confidence[0]), 0.6, rel_tol=1e-4)
 
 
+# ---- the span classifier on hand-made states ----------------------------------------------------------------------
+def test_gold_spans_are_the_runs_of_one_non_zero_tag_with_padding_as_none():
+    tags = torch.tensor([[0, 1, 1, 0, 2, 3, 3, -100], [2, 2, 0, 0, 0, 0, 0, 1]])
+    assert gold_spans(tags).tolist() == [[0, 1, 3, 1], [0, 4, 5, 2], [0, 5, 7, 3], [1, 0, 2, 2], [1, 7, 8, 1]]
+    assert gold_spans(torch.zeros(2, 3, dtype=torch.long)).shape == (0, 4)
+
+
+def test_span_features_pool_the_span_and_its_context_inside_the_sentence():
+    span = SpanPolarity(input_dim=1, context=2, attention=False)
+    states = torch.arange(8, dtype=torch.float)[None, :, None]  # the state of character p is p
+    spans = torch.tensor([[0, 3, 5], [0, 1, 2], [0, 5, 6]])  # rows, starts, ends; the sentence has 7 characters
+    mean, top, left, right = span.features(states, spans, torch.tensor([7])).T.tolist()
+    assert mean == [3.5, 1.0, 5.0] and top == [4.0, 1.0, 5.0]
+    assert left == [1.5, 0.0, 3.5]  # the context is cut at the sentence's start
+    assert right == [5.5, 2.5, 6.0]  # ... and at its end (7 characters: 7 is padding)
+    assert span(states, spans, torch.tensor([7])).shape == (3, 3)
+
+
+def test_attention_reads_only_the_window_inside_the_sentence():
+    span = SpanPolarity(input_dim=1, context=1, attention=True)
+    with torch.no_grad():
+        span.position.copy_(torch.tensor([0.0, 0.0, 50.0]))  # all weight on the character after the span
+    states = torch.tensor([[1.0, 2.0, 3.0, 4.0, 99.0]])[..., None]
+    with torch.no_grad():
+        after = span.features(states, torch.tensor([[0, 1, 3]]), torch.tensor([4]))[0, 4]
+        # a span at the sentence's end: nothing after it, so the weight goes to the window's others, never padding
+        at_end = span.features(states, torch.tensor([[0, 3, 4]]), torch.tensor([4]))[0, 4]
+    assert math.isclose(float(after), 4.0, rel_tol=1e-4) and 3.0 <= float(at_end) <= 4.0
+
+
+def test_the_tagger_returns_its_states_and_its_span_classifier_on_request():
+    from trainer.models.bigru_tagger import BiGRUTagger
+
+    x = torch.tensor([[5, 6, 7, 0], [5, 6, 0, 0]])
+    assert torch.is_tensor(BiGRUTagger(10, embedding_dim=8, hidden=[6, 4])(x))
+    out = BiGRUTagger(10, embedding_dim=8, hidden=[6, 4], span_classifier=True)(x)
+    assert out["emissions"].shape == (2, 4, 5) and out["states"].shape == (2, 4, 10)
+    assert isinstance(out["span"], SpanPolarity) and "transitions" not in out
+    out = BiGRUTagger(10, embedding_dim=8, hidden=[6, 4], span_classifier=True, span_embedding=True, crf=True)(x)
+    assert out["states"].shape == (2, 4, 18) and "transitions" in out  # the embedding's 8 as well
+
+
+def right_context_classifier(neutral_bias: float = 0.0) -> SpanPolarity:
+    """A span classifier that reads only the mean state after the span: positive when it is positive, negative
+    when negative, neutral (score 0.5) otherwise."""
+    span = SpanPolarity(input_dim=1, context=2, attention=False)
+    linear = nn.Linear(4, 3)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0]]))
+        linear.bias.copy_(torch.tensor([0.0, 0.5, 0.0]))
+        span.neutral_bias.fill_(neutral_bias)
+    span.mlp = linear
+    return span
+
+
+def test_a_span_classifier_decides_each_found_views_polarity_instead_of_the_tags():
+    # the tagger finds AB (neutral tags) and DE (positive tags); the states after them say positive and negative
+    probs = [[0.1, 0.05, 0.8, 0.05]] * 2 + [[0.9, 0.04, 0.03, 0.03]] + [[0.1, 0.8, 0.05, 0.05]] * 2 + \
+        [[0.9, 0.04, 0.03, 0.03]] * 2
+    states = torch.tensor([0.0, 0.0, 2.0, 0.0, 0.0, -3.0, -3.0])[None, :, None]
+    outputs = {"emissions": logits(probs), "states": states, "span": right_context_classifier()}
+    batch = batch_for("ABxDEyy")
+    assert EntityPolarityTagger().decode(outputs["emissions"], batch) == [[("AB", "neu"), ("DE", "pos")]]
+    assert EntityPolarityTagger().decode(outputs, batch) == [[("AB", "pos"), ("DE", "neg")]]
+    # the old way on the same outputs, on request
+    assert EntityPolarityTagger(polarity="tags").decode(outputs, batch) == [[("AB", "neu"), ("DE", "pos")]]
+    # the classifier's saved neutral bias turns the weaker call over (AB: 1 against 0.5 + 1)
+    outputs["span"] = right_context_classifier(neutral_bias=1.0)
+    assert EntityPolarityTagger().decode(outputs, batch) == [[("AB", "neu"), ("DE", "neg")]]
+    with pytest.raises(ValueError, match="polarity=span"):
+        EntityPolarityTagger(polarity="span")
+
+
+def test_the_span_loss_trains_on_the_gold_views_beside_the_tags():
+    head = EntityPolarityTagger(span_class_weight=[1.0, 0.2, 1.0])
+    span = SpanPolarity(input_dim=2)
+    y = torch.tensor([[0, 1, 1, 0, 2, -100]])
+    outputs = {"emissions": torch.randn(1, 6, 5, requires_grad=True),
+               "states": torch.randn(1, 6, 2, requires_grad=True), "span": span}
+    batch = {"y": y, "lengths": torch.tensor([5])}
+    loss = head.loss(outputs, batch)
+    loss.backward()
+    assert outputs["states"].grad.abs().sum() > 0 and span.mlp[0].weight.grad is not None
+    tags_only = head.loss(outputs["emissions"], batch)
+    assert float(loss.detach()) > float(tags_only.detach())
+    outputs["states"].grad = None
+    EntityPolarityTagger(span_detach=True).loss(outputs, batch).backward()  # the tagger learns from its tags only
+    assert outputs["states"].grad is None
+    with pytest.raises(ValueError, match="one weight per polarity"):
+        EntityPolarityTagger(span_class_weight=[1.0, 2.0])
+
+
+def test_the_neutral_bias_is_chosen_on_validation_saved_and_used_elsewhere():
+    head = EntityPolarityTagger(neutral_bias_grid=[0.0, 2.0])
+    probs = [[0.1, 0.05, 0.8, 0.05]] * 2 + [[0.9, 0.04, 0.03, 0.03]]
+    span = right_context_classifier()
+    outputs = {"emissions": logits(probs), "states": torch.tensor([0.0, 0.0, 1.0])[None, :, None], "span": span}
+    batch = {**batch_for("ABx"), "gold": [[("AB", "neu")]], "gold_unseen": [[False]],
+             "y": torch.tensor([[2, 2, 0]])}
+    head.reset()
+    head.split = "val"
+    head.update(outputs, batch)
+    m = head.compute()  # bias 0 calls AB positive (1 > 0.5); bias 2 neutral, which is right
+    assert (m["f1"], m["neutral_bias"], m["span_acc"]) == (1.0, 2.0, 1.0)
+    head.on_validation_end("val", None)
+    assert float(span.neutral_bias) == 2.0 and "neutral_bias" in span.state_dict()  # saved with the model
+    head.reset()
+    head.split = "test"
+    head.update(outputs, {**batch, "gold": [[("AB", "pos")]]})
+    m = head.compute()
+    assert (m["f1"], m["neutral_bias"]) == (0.0, 2.0)
+
+
 # ---- the metric on hand-counted cases ---------------------------------------------------------------------------
 def test_triple_f1_counts_wrong_polarity_missed_and_extra_views():
     gold, pred = [("A", "pos"), ("B", "neu")], [("A", "pos"), ("B", "neg"), ("C", "neu")]
@@ -311,15 +427,22 @@ def corpus(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def trained(workdir, corpus):
-    cli(workdir, "task=aspect_sentiment", f"dataset.root={corpus}", *TINY)
+# each found View's polarity: the majority of its tags, or the span classifier's (with a neutral bias tuned)
+POLARITY = {"tags": ["model.span_classifier=false"],
+            "span": ["model.span_classifier=true", "model.span_hidden=16", "head.neutral_bias_grid=[0,1]"]}
+
+
+@pytest.fixture(scope="module", params=sorted(POLARITY))
+def trained(workdir, corpus, request):
+    cli(workdir, "task=aspect_sentiment", f"dataset.root={corpus}", *TINY, *POLARITY[request.param])
     return latest_run(workdir, "aspect_sentiment")
 
 
 def test_the_staged_pipeline_learns_the_toy_corpus(trained):
     results = json.loads((trained / "results.json").read_text())
     assert results["monitor"] == "val/f1" and results["test"]["test/f1"] > 0.85, results
+    span = "model.span_classifier=true" in (trained / "command.txt").read_text()
+    assert ("test/span_acc" in results["test"]) == span
     assert (trained / "checkpoints" / "best-lm.pt").is_file()
     state = torch.load(trained / "checkpoints" / "best.pt", weights_only=True)
     lm = torch.load(trained / "checkpoints" / "best-lm.pt", weights_only=True)

@@ -4,7 +4,14 @@ Faithful to docs/problems.md with the defaults: a 64-d character embedding (take
 by the task's stage options), BiGRU(64) with its two directions summed, BiGRU(32) summed, and a per-character
 linear layer to 5 outputs (the 4 tags and the original's padding class, which the head never decodes). Options for
 our variant: other widths, `merge: concat`, dropout, and `crf: true`, which adds learned transition, start and end
-scores (the head then trains a linear-chain CRF and decodes with them).
+scores (the head then trains a linear-chain CRF and decodes with them), and `span_classifier: true`, a polarity
+classifier per View (`trainer.models.span_polarity.SpanPolarity`: `span_hidden`, `span_context`,
+`span_attention`, `span_dropout`) over every BiGRU layer's outputs, concatenated (with `span_embedding: true`, the
+character embedding as well, so that it sees the characters themselves, 好 or 差); it is part of the model so that its
+weights and settings travel with the checkpoint, and the head calls it on the spans it decodes.
+
+Outputs: the (W, T, num_outputs) scores alone, or a dict with them as "emissions", plus "transitions", "start",
+"end" (crf) and/or "states" (W, T, D) and "span", the classifier itself (span_classifier).
 
 Sequences are right-padded with id 0 and packed, so that the backward direction starts at each window's last real
 character, not in the padding.
@@ -19,12 +26,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from trainer.errors import UserError
 
+from .span_polarity import SpanPolarity
+
 
 class BiGRUTagger(nn.Module):
     def __init__(self, vocab_size: int, num_outputs: int = 5, embedding_dim: int = 64,
                  hidden: Sequence[int] = (64, 32), merge: str = "sum", dropout: float = 0.0,
                  embedding_dropout: float = 0.0, crf: bool = False, num_tags: int = 4, match_flags: int = 0,
-                 match_dim: int = 8):
+                 match_dim: int = 8, span_classifier: bool = False, span_hidden: int = 64, span_context: int = 10,
+                 span_attention: bool = True, span_dropout: float = 0.1, span_embedding: bool = False):
         super().__init__()
         if merge not in ("sum", "concat"):
             raise UserError(f"model.merge={merge}: must be sum (directions added) or concat")
@@ -44,11 +54,15 @@ class BiGRUTagger(nn.Module):
         self.grus = nn.ModuleList(layers)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(width, num_outputs)
+        self.span = None
+        if span_classifier:  # every layer's outputs, not only the last: the first is closer to the characters
+            states = sum(h if merge == "sum" else 2 * h for h in hidden) + (embedding_dim if span_embedding else 0)
+            self.span = SpanPolarity(states, span_hidden, span_context, span_attention, span_dropout)
         if crf:
             self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
             self.start = nn.Parameter(torch.zeros(num_tags))
             self.end = nn.Parameter(torch.zeros(num_tags))
-        self.crf, self.num_tags = crf, num_tags
+        self.crf, self.num_tags, self.span_embedding = crf, num_tags, span_embedding
 
     def forward(self, x: torch.Tensor) -> Any:
         flags = None
@@ -56,6 +70,7 @@ class BiGRUTagger(nn.Module):
             x, flags = x[..., 0], x[..., 1]
         lengths = (x != 0).sum(1).clamp(min=1).cpu()
         h = self.embedding_dropout(self.embedding(x))
+        layers = [h] if self.span_embedding else []
         if self.match_flags:
             if flags is None:
                 raise UserError("model.match_flags is set but the data carries no match flags "
@@ -69,7 +84,13 @@ class BiGRUTagger(nn.Module):
                 half = out.shape[-1] // 2
                 out = out[..., :half] + out[..., half:]
             h = self.dropout(out)
+            layers.append(h)
         scores = self.out(h)
+        if not (self.crf or self.span is not None):
+            return scores
+        outputs = {"emissions": scores}
         if self.crf:
-            return {"emissions": scores, "transitions": self.transitions, "start": self.start, "end": self.end}
-        return scores
+            outputs.update(transitions=self.transitions, start=self.start, end=self.end)
+        if self.span is not None:
+            outputs.update(states=torch.cat(layers, -1), span=self.span)
+        return outputs

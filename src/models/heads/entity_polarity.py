@@ -14,18 +14,29 @@ tags (the original's fifth, padding class): only the first `num_tags` are decode
      character just before and just after; the entities are the runs of non-zero tags of this pass (with
      `split_at_matches`, a run that the matches cover end to end is cut at the matches: two Views written back to
      back, 宝马奔驰; off by default: on validation the gold joins such names, 凯越别克, more often than it splits them);
-  3. each entity's polarity is the majority of the first pass's non-zero tags inside it (ties, and entities the
-     first pass did not see, go to the polarity with the highest summed probability over the span).
+  3. each entity's polarity (`polarity`):
+     - `tags`: the majority of the first pass's non-zero tags inside it (ties, and entities the first pass did not
+       see, go to the polarity with the highest summed probability over the span);
+     - `auto` (the default): where the model has a span classifier (`model.span_classifier`, see
+       `trainer.models.span_polarity`), its decision from the model's states in and around the span; the majority
+       of the tags otherwise. The classifier is trained here, beside the tagging loss, on the gold Views of each
+       window alone (`span_weight` times its cross-entropy, `span_class_weight` per polarity; `span_detach: true`
+       keeps its gradient out of the tagger), so that the many neutral characters no longer drown what is said
+       about a View. With `neutral_bias_grid`, the bias added to its neutral score is chosen on `tune_split`
+       (validation: the grid value of the best triple F1, ties to the first) and written into the classifier's
+       saved `neutral_bias`; every other split is scored with the saved one.
   `tag_bias` (one number per tag, added to the scores before decoding; 0 by default) moves the decisions a model's
   training left, e.g. towards the neutral polarity that most entities have.
   A View found several times in a sentence gets the majority of its mentions' polarities.
 - Metrics (`absa_score`): the contest's F1 over (sentence, View, polarity), entity P/R/F1, polarity accuracy on
-  the Views found, recall of Views unseen in training; count sums on the device, one all-reduce.
+  the Views found, recall of Views unseen in training; with the span classifier also `span_acc`, its accuracy on
+  the gold Views (their spans as tagged), and the `neutral_bias` used; count sums on the device, one all-reduce.
 - Self-training: `pseudo_label` gives each sentence's decoded spans and, as its confidence, the lowest probability
   that any of its characters gives its most likely tag.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.datasets.absa_formats import POLARITIES
+from trainer.models.span_polarity import SpanPolarity, gold_spans
 
 from .absa_score import COUNTS, scores, sentence_counts
 from .base import Head
@@ -51,10 +63,24 @@ class EntityPolarityTagger(Head):
 
     def __init__(self, num_tags: int = 4, neutral_weight: float | None = 3.0, entity_pass: bool = True,
                  entity_bonus: float = 10.0, boundary_bonus: float = 2.0, split_at_matches: bool = False,
-                 tag_bias: Sequence[float] | None = None):
+                 tag_bias: Sequence[float] | None = None, polarity: str = "auto", span_weight: float = 1.0,
+                 span_class_weight: Sequence[float] | None = None, span_detach: bool = False,
+                 neutral_bias_grid: Sequence[float] | None = None, tune_split: str = "val"):
         super().__init__()
         if num_tags != len(TAGS):
             raise ValueError(f"num_tags={num_tags}: this head decodes the {len(TAGS)} tags none/pos/neu/neg")
+        if polarity not in ("auto", "tags"):
+            raise ValueError(f"polarity={polarity}: must be auto (the model's span classifier where it has one) or "
+                             "tags (the majority of the tags)")
+        self.polarity = polarity
+        self._seen: list[SpanPolarity] = []  # the classifier of the last pass (in a list: not a submodule)
+        self.span_weight, self.span_detach, self.tune_split = span_weight, span_detach, tune_split
+        weight = None if span_class_weight is None else torch.tensor([float(w) for w in span_class_weight])
+        if weight is not None and weight.shape != (3,):
+            raise ValueError(f"span_class_weight={span_class_weight}: one weight per polarity (pos, neu, neg)")
+        self.register_buffer("span_class_weight", weight, persistent=False)
+        grid = None if neutral_bias_grid is None else torch.tensor([float(b) for b in neutral_bias_grid])
+        self.register_buffer("bias_grid", grid, persistent=False)
         self.num_tags, self.neutral_weight = num_tags, neutral_weight
         self.entity_pass, self.entity_bonus, self.boundary_bonus = entity_pass, entity_bonus, boundary_bonus
         self.split_at_matches = split_at_matches
@@ -70,8 +96,19 @@ class EntityPolarityTagger(Head):
     def _emissions(self, outputs: Any) -> tuple[torch.Tensor, bool]:
         """(W, T, C) scores of the windows, and whether they come with CRF transitions."""
         if isinstance(outputs, dict):
-            return outputs["emissions"].float(), True
+            return outputs["emissions"].float(), "transitions" in outputs
         return outputs.float(), False
+
+    def _classifier(self, outputs: Any) -> SpanPolarity | None:
+        """The model's span classifier, when it has one and this head decides polarity with it."""
+        if self.polarity == "tags" or not isinstance(outputs, dict):
+            return None
+        return outputs.get("span")
+
+    def _stitched_states(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """(S, L, D) per-character states of whole sentences, stitched from their windows as the scores are."""
+        states = outputs["states"].float()
+        return states.reshape(-1, states.shape[-1])[batch["stitch"]]
 
     def _window_nll(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         """(W,) negative log-likelihood of each window, summed over its characters."""
@@ -86,9 +123,21 @@ class EntityPolarityTagger(Head):
         y = batch["y"]
         per_char = self._window_nll(outputs, batch) / (y != IGNORE).sum(1).clamp(min=1)
         if self.neutral_weight is None:
-            return per_char.mean()
+            return per_char.mean() + self._span_loss(outputs, batch)
         weights = self.neutral_weight / (self.neutral_weight + (y == NEUTRAL).sum(1).float())
-        return (weights * per_char).mean()
+        return (weights * per_char).mean() + self._span_loss(outputs, batch)
+
+    def _span_loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor | float:
+        """`span_weight` times the span classifier's loss on the windows' gold Views (0 when the model has none;
+        trained even with polarity=tags, so that one checkpoint can be scored both ways)."""
+        span = outputs.get("span") if isinstance(outputs, dict) else None
+        if span is None:
+            return 0.0
+        states = outputs["states"].float()
+        if self.span_detach:
+            states = states.detach()
+        return self.span_weight * span.loss(states, batch["y"], batch["lengths"].to(states.device),
+                                            self.span_class_weight)
 
     def sentence_scores(self, outputs: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(S, L, 4) tag scores of whole sentences stitched from their windows, the transition scores to decode
@@ -118,7 +167,7 @@ class EntityPolarityTagger(Head):
         (S, L, 4) tag probabilities."""
         scores_, trans, probs = self.sentence_scores(outputs, batch)
         lengths = batch["sentence_lengths"]
-        if isinstance(outputs, dict):
+        if self._emissions(outputs)[1]:
             start, end = outputs["start"].float() + self.free, outputs["end"].float() + self.free
         else:
             start = end = self.free
@@ -128,21 +177,39 @@ class EntityPolarityTagger(Head):
         bonus = self._bonus(batch, scores_.shape, scores_.device)
         return first, viterbi(scores_ + bonus, lengths, trans, start, end), probs
 
-    def decode_spans(self, outputs: Any, batch: dict[str, Any]) -> tuple[list[list[Span]], torch.Tensor]:
-        """The entity spans of each sentence of the batch, and the (S, L, 4) tag probabilities."""
+    def found(self, outputs: Any, batch: dict[str, Any]) -> tuple[list[list[tuple[int, int]]], np.ndarray,
+                                                                     torch.Tensor]:
+        """The (start, end) entity spans of each sentence, the (S, L) first-pass tags and the (S, L, 4) tag
+        probabilities."""
         first, second, probs = self.tag_paths(outputs, batch)
         lengths = batch["sentence_lengths"]
         matches = batch.get("matches") or [[] for _ in range(len(lengths))]
         use_list = self.entity_pass and self.split_at_matches
-        first_np, second_np = first.cpu().numpy(), second.cpu().numpy()
+        second_np = second.cpu().numpy()
+        runs = [_tiled(_runs(second_np[s, :n]), matches[s] if use_list else [])
+                for s, n in enumerate(lengths.tolist())]
+        return runs, first.cpu().numpy(), probs
+
+    def span_scores(self, outputs: Any, batch: dict[str, Any], runs: list[list[tuple[int, int]]]) -> torch.Tensor:
+        """(K, 3) scores of positive, neutral, negative for the spans `runs` (sentence by sentence, in order), from
+        the span classifier over the sentences' stitched states."""
+        stitched = self._stitched_states(outputs, batch)
+        spans = torch.tensor([(s, a, b) for s, r in enumerate(runs) for a, b in r], dtype=torch.long,
+                             device=stitched.device).reshape(-1, 3)
+        if not len(spans):
+            return stitched.new_zeros((0, 3))
+        return outputs["span"](stitched, spans, batch["sentence_lengths"].to(stitched.device))
+
+    def decode_spans(self, outputs: Any, batch: dict[str, Any]) -> tuple[list[list[Span]], torch.Tensor]:
+        """The entity spans of each sentence of the batch, and the (S, L, 4) tag probabilities."""
+        runs, first_np, probs = self.found(outputs, batch)
+        span = self._classifier(outputs)
+        if span is not None:
+            tags = span.decide(self.span_scores(outputs, batch, runs))[0]
+            return _with_tags(runs, tags.tolist()), probs
         probs_np = probs.detach().cpu().numpy()
-        out = []
-        for s, n in enumerate(lengths.tolist()):
-            spans = []
-            for a, b in _tiled(_runs(second_np[s, :n]), matches[s] if use_list else []):
-                spans.append((a, b, _majority(first_np[s, a:b], probs_np[s, a:b])))
-            out.append(spans)
-        return out, probs
+        return [[(a, b, _majority(first_np[s, a:b], probs_np[s, a:b])) for a, b in r]
+                for s, r in enumerate(runs)], probs
 
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[list[tuple[str, str]]]:
         """The (View, polarity) pairs of each sentence, in order of first mention."""
@@ -164,18 +231,71 @@ class EntityPolarityTagger(Head):
         if "y" in batch:
             self.accumulate("nll_sum", self._window_nll(outputs, batch).sum().double())
             self.accumulate("chars", (batch["y"] != IGNORE).sum().double())
-        counts = np.zeros(len(COUNTS), dtype=np.int64)
-        for gold, unseen, pred in zip(batch["gold"], batch["gold_unseen"], self.decode(outputs, batch)):
-            counts += sentence_counts(gold, pred, unseen)
-        self.accumulate("score", torch.from_numpy(counts).to(device=device, dtype=torch.float64))
+        span = self._classifier(outputs)
+        if span is None:
+            counts = np.zeros(len(COUNTS), dtype=np.int64)
+            for gold, unseen, pred in zip(batch["gold"], batch["gold_unseen"], self.decode(outputs, batch)):
+                counts += sentence_counts(gold, pred, unseen)
+            self.accumulate("score", torch.from_numpy(counts).to(device=device, dtype=torch.float64))
+            return
+        # the span classifier: the triples at each neutral bias of the grid on the tuning split, else at the saved one
+        biases = self._biases(span)
+        runs, _, _ = self.found(outputs, batch)
+        tags = span.decide(self.span_scores(outputs, batch, runs), biases).tolist()  # (G, K)
+        counts = np.zeros((len(biases), len(COUNTS)), dtype=np.int64)
+        for g, row in enumerate(tags):
+            spans = _with_tags(runs, row)
+            for gold, unseen, text, s in zip(batch["gold"], batch["gold_unseen"], batch["texts"], spans):
+                counts[g] += sentence_counts(gold, pairs_of(text, s), unseen)
+        self.accumulate("score_by_bias", torch.from_numpy(counts).to(device=device, dtype=torch.float64))
+        if "y" in batch:  # the classifier on the gold Views, as tagged: right calls per bias, and how many
+            y = batch["y"].reshape(-1)[batch["stitch"]]
+            inside = torch.arange(y.shape[1], device=y.device)[None, :] < batch["sentence_lengths"][:, None]
+            gold = gold_spans(torch.where(inside, y, torch.zeros_like(y)))
+            if len(gold):
+                stitched = self._stitched_states(outputs, batch)
+                scores_ = span(stitched, gold[:, :3], batch["sentence_lengths"].to(stitched.device))
+                right = (span.decide(scores_, biases) == gold[None, :, 3]).sum(1)
+                self.accumulate("span_right", right.double())
+                self.accumulate("span_gold", torch.tensor(float(len(gold)), device=device, dtype=torch.float64))
+
+    def _biases(self, span: SpanPolarity) -> torch.Tensor:
+        """The neutral biases scored in this pass: the grid on the tuning split, else the classifier's saved one."""
+        self._seen[:] = [span]
+        return self.bias_grid if self._tuning() else span.neutral_bias[None]
+
+    def _tuning(self) -> bool:
+        return self.bias_grid is not None and self.split == self.tune_split
+
+    def _chosen(self, s: dict[str, torch.Tensor]) -> int:
+        """Index of the neutral bias to report: the best triple F1 of the grid (ties: the first), else 0."""
+        by_bias = s["score_by_bias"]
+        if len(by_bias) == 1:
+            return 0
+        return int(np.argmax([scores(row.tolist())["f1"] for row in by_bias]))
 
     def compute(self) -> dict[str, float]:
         s = self.sums()
         if not s:
             return {}
         metrics = {"loss": float(s["nll_sum"] / s["chars"].clamp(min=1))} if "nll_sum" in s else {}
-        metrics.update(scores(s["score"].tolist()))
+        if "score_by_bias" not in s:
+            metrics.update(scores(s["score"].tolist()))
+            return metrics
+        g = self._chosen(s)
+        metrics.update(scores(s["score_by_bias"][g].tolist()))
+        metrics["neutral_bias"] = float(self.bias_grid[g] if self._tuning() else self._seen[0].neutral_bias)
+        if "span_gold" in s:
+            metrics["span_acc"] = float(s["span_right"][g] / s["span_gold"].clamp(min=1))
         return metrics
+
+    def on_validation_end(self, split: str, run_dir: Path | None) -> None:
+        """On the tuning split, write the neutral bias of the best triple F1 into the classifier (saved with these
+        weights)."""
+        if not (self.bias_grid is not None and split == self.tune_split and self._seen
+                and "score_by_bias" in self.reduced):
+            return
+        self._seen[0].neutral_bias.fill_(float(self.bias_grid[self._chosen(self.reduced)]))
 
 
 def _runs(path: np.ndarray) -> list[tuple[int, int]]:
@@ -195,6 +315,15 @@ def _tiled(runs: list[tuple[int, int]], matches: list[tuple[int, int]]) -> list[
             out.extend(inside)
         else:
             out.append((a, b))
+    return out
+
+
+def _with_tags(runs: list[list[tuple[int, int]]], tags: list[int]) -> list[list[Span]]:
+    """The (start, end) runs of each sentence with the tags given for all of them in order."""
+    out, k = [], 0
+    for r in runs:
+        out.append([(a, b, t) for (a, b), t in zip(r, tags[k : k + len(r)])])
+        k += len(r)
     return out
 
 
