@@ -504,3 +504,12 @@ def test_the_semeval_2014_conversion_in_docs_gives_json_lines_the_reader_accepts
     assert [(s.id, [(a.term, a.polarity, a.start) for a in s.aspects]) for s in sentences] == [
         ("3121", [("staff", "neg", 8)]), ("7", [("Food", "pos", 0)]), ("8", [])]
     assert "1 dropped" in proc.stderr
+
+
+def test_a_batch_without_views_gives_every_span_parameter_a_gradient():
+    """Under DDP a parameter without a gradient on one rank is an error: the no-View loss must still reach them."""
+    span = SpanPolarity(input_dim=2)
+    states = torch.randn(1, 4, 2, requires_grad=True)
+    loss = span.loss(states, torch.zeros(1, 4, dtype=torch.long), torch.tensor([4]))
+    loss.backward()
+    assert float(loss) == 0.0 and all(p.grad is not None for p in span.parameters())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainer.datasets.captcha import ALPHABET, CaptchaData, CaptchaFolder, cached_split, render
@@ -84,6 +85,12 @@ def test_folder_loader_reads_labels_from_file_names(tmp_path):
     assert sample["x"].shape == (1, 24, 64) and sample["y"].shape == (4,)
     labels = {"".join(ALPHABET[i] for i in dm.splits[s][j]["y"]) for s in dm.splits for j in range(len(dm.splits[s]))}
     assert labels == {"abcd", "wxyz", "qrst"}
+    # dataset.train_shear slants the training images of a folder too, never the others
+    slanted = CaptchaFolder(root=str(tmp_path / "caps"), val_fraction=0.25, test_fraction=0.25, width=64, height=24,
+                            batch_size=2, train_shear=0.4)
+    slanted.setup()
+    assert not torch.equal(slanted.splits["train"][0]["x"], sample["x"])
+    assert torch.equal(slanted.splits["val"][0]["x"], dm.splits["val"][0]["x"])
 
 
 def test_folder_loader_uses_split_subfolders(tmp_path):

@@ -166,9 +166,12 @@ def test_training_shear_slants_only_the_training_split_seeded_by_sample_and_epoc
     assert not torch.equal(slanted.splits["train"].__getitems__(rows)["x"], b)
     # validation is never slanted
     assert torch.equal(plain.splits["val"].__getitems__(rows)["x"], slanted.splits["val"].__getitems__(rows)["x"])
-    # the same augmentation renders on the fly
+    # the same augmentation renders on the fly, epoch by epoch
     fly = CaptchaData(fonts=["captcha"], train_size=8, val_size=0, test_size=0, cache=False, train_shear=0.4, **SMALL)
     fly.setup("fit")
+    fly.splits["train"].set_epoch(1)
+    assert torch.allclose(fly.splits["train"][3]["x"], slanted.splits["train"].__getitems__([3])["x"][0], atol=1e-6)
+    fly.splits["train"].set_epoch(0)
     assert torch.allclose(fly.splits["train"][3]["x"], b[3], atol=1e-6)
 
 
@@ -182,6 +185,10 @@ def test_affine_with_no_shear_is_unchanged_and_a_shear_moves_columns_by_rows():
     bent = aug.affine(x, u, shear=1.0)
     top, bottom = bent[0, 0, 0].argmax().item(), bent[0, 0, -1].argmax().item()
     assert abs(top - bottom) == 8
+    wide = torch.zeros(1, 1, 9, 41)  # in pixels on a wide image too (affine_grid scales x and y apart)
+    wide[0, 0, :, 20] = 1.0
+    bent = aug.affine(wide, u, shear=0.5)
+    assert abs(bent[0, 0, 0].argmax().item() - bent[0, 0, -1].argmax().item()) == 4
 
 
 def test_a_named_font_set_whose_package_is_missing_is_one_line(monkeypatch):

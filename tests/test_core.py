@@ -251,6 +251,12 @@ def test_command_line_keys_win_over_a_stages_values():
     cfg.optim.lr = 0.5
     (_, a), (_, b) = stage_configs(cfg, ["optim.lr"])
     assert (a.optim.lr, b.optim.lr) == (0.5, 1e-4)
+    # a stage's section given as a dict on the command line pins its leaves, as one key at a time would
+    from trainer.invocation import Invocation
+    keys = Invocation(("trainer.max_epochs=1", "stages.b.trainer={max_epochs: 20, log_every_n_steps: 1}")).pinned_keys()
+    assert sorted(keys) == ["stages.b.trainer.log_every_n_steps", "stages.b.trainer.max_epochs", "trainer.max_epochs"]
+    (_, a), (_, b) = stage_configs(cfg, keys)
+    assert (a.trainer.max_epochs, b.trainer.max_epochs) == (1, 20)
 
 
 def test_schedules_shape():

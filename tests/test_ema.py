@@ -106,3 +106,22 @@ def test_eval_of_a_run_directory_scores_the_weights_its_test_score_came_from(wor
     cli(workdir, "task=captcha", *TINY_CAPTCHA, "mode=eval", f"ckpt={run}", "split=test")
     scored = json.loads((latest_run(workdir, "captcha/eval") / "results.json").read_text())["test"]
     assert scored["test/loss"] == pytest.approx(reported["test/loss"])  # best.pt (the average), not last.pt's weights
+
+
+def test_a_buffer_its_module_marks_as_a_decision_is_not_averaged():
+    class Decides(nn.Module):
+        ema_skip = ("bias",)
+
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 2)
+            self.register_buffer("bias", torch.tensor(0.0))  # chosen on validation, like a span classifier's
+            self.register_buffer("running", torch.tensor(0.0))  # a running statistic: averaged
+
+    net = TaskNet(nn.Sequential(Decides()), HeadWithSetting())
+    ema = WeightEMA(net, 0.9)
+    assert "model.0.running" in ema.names and "model.0.bias" not in ema.names
+    net.model[0].bias.fill_(2.0)
+    ema.update()
+    with ema.swapped_in():
+        assert float(net.model[0].bias) == 2.0

@@ -18,6 +18,7 @@ is the label, e.g. `xkcd.png` or `xkcd_0412.jpg`; sub-folders train/, val/, test
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import multiprocessing as mp
@@ -335,7 +336,37 @@ def _to_float(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -
     return batch
 
 
-class _OnTheFly(torch.utils.data.Dataset):
+def slant(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int, seed: int,
+          shear: float) -> dict[str, torch.Tensor]:
+    """Captchas leaning by a horizontal shear of up to +-shear (an upright face read as its italic), drawn per sample
+    and epoch; the corners it uncovers are white, like the captchas' light background."""
+    u = per_sample_uniform(seed, epoch, indices, aug.DRAWS["affine"])
+    batch["x"] = aug.affine(batch["x"], u, shear=shear, fill=1.0)
+    return batch
+
+
+def _float_then_slant(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int, seed: int,
+                      shear: float) -> dict[str, torch.Tensor]:
+    return slant(_to_float(batch, indices, epoch), indices, epoch, seed, shear)
+
+
+class _PerSample(torch.utils.data.Dataset):
+    """A dataset read one sample at a time, with an optional batch transform (ArrayDataset's signature: batch,
+    indices, epoch) applied to each sample as a batch of one, at the epoch the loop sets."""
+
+    transform = None
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _transformed(self, sample: dict[str, Any], index: int) -> dict[str, Any]:
+        if self.transform is not None:
+            sample["x"] = self.transform({"x": sample["x"][None]}, np.array([index]), self.epoch)["x"][0]
+        return sample
+
+
+class _OnTheFly(_PerSample):
     """Renders in DataLoader workers instead of caching; with fresh_each_epoch, every epoch sees new captchas."""
 
     def __init__(self, split_seed: int, n: int, length: int, width: int, height: int, render_size: tuple[int, int],
@@ -343,7 +374,7 @@ class _OnTheFly(torch.utils.data.Dataset):
                  transform=None):
         self.split_seed, self.n, self.length, self.width, self.height = split_seed, n, length, width, height
         self.render_size, self.fresh, self.alphabet, self.fonts = render_size, fresh_each_epoch, alphabet, fonts
-        self.stroke, self.transform = stroke, transform  # transform: ArrayDataset's (batch, indices, epoch)
+        self.stroke, self.transform = stroke, transform
 
     def __len__(self) -> int:
         return self.n
@@ -351,10 +382,8 @@ class _OnTheFly(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, text = render(_seed(self.split_seed, index), self.length, *self.render_size, size=(self.width, self.height),
                              alphabet=self.alphabet, fonts=self.fonts, stroke=self.stroke)
-        sample = {"x": torch.tensor(image)[None].float().div_(255.0), "y": torch.from_numpy(encode(text, self.alphabet))}
-        if self.transform is not None:  # (a sample index is never rendered twice when fresh_each_epoch: epoch 0)
-            sample["x"] = self.transform({"x": sample["x"][None]}, np.array([index]), 0)["x"][0]
-        return sample
+        return self._transformed({"x": torch.tensor(image)[None].float().div_(255.0),
+                                  "y": torch.from_numpy(encode(text, self.alphabet))}, index)
 
 
 class _Pending(torch.utils.data.Dataset):
@@ -462,7 +491,7 @@ class CaptchaData(DataModule):
                                                self.render_size, fresh_each_epoch=split == "train" and self.fresh,
                                                alphabet=self.alphabet, fonts=self.split_fonts[split],
                                                stroke=self.train_stroke if split == "train" else 0.0,
-                                               transform=self._slant if split == "train" and self.train_shear else None)
+                                               transform=self._train_slant(split))
             elif split in UNSEEN_SPLITS or stage == "eval":  # (listed among the splits once read)
                 self.pending[split] = _Pending(n, lambda split=split, n=n: self._cached(split, n))
             else:
@@ -473,18 +502,15 @@ class CaptchaData(DataModule):
         arrays = cached_split(self.cache_dir, SPLIT_SEEDS[split], n, self.length, self.width, self.height,
                               self.render_size, self.render_workers, what=f"{split} captchas", alphabet=self.alphabet,
                               fonts=fonts, stroke=self.train_stroke if split == "train" else 0.0)
-        return ArrayDataset(arrays, transform=self._train_transform if split == "train" and self.train_shear
-                            else _to_float)
+        if self._train_slant(split) is None:
+            return ArrayDataset(arrays, transform=_to_float)
+        return ArrayDataset(arrays, transform=functools.partial(_float_then_slant, seed=self.seed, shear=self.train_shear))
 
-    def _train_transform(self, batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -> dict[str, torch.Tensor]:
-        return self._slant(_to_float(batch, indices, epoch), indices, epoch)
-
-    def _slant(self, batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -> dict[str, torch.Tensor]:
-        """Training captchas leaning by a horizontal shear of up to +-train_shear (an upright face read as its italic),
-        drawn per sample and epoch; the corners it uncovers are white, like the captchas' light background."""
-        u = per_sample_uniform(self.seed, epoch, indices, aug.DRAWS["affine"])
-        batch["x"] = aug.affine(batch["x"], u, shear=self.train_shear, fill=1.0)
-        return batch
+    def _train_slant(self, split: str):
+        """The training split's slant (`train_shear`) as a picklable transform, or None."""
+        if split != "train" or not self.train_shear:
+            return None
+        return functools.partial(slant, seed=self.seed, shear=self.train_shear)
 
     def has_split(self, split: str) -> bool:
         return split in self.splits or split in self.pending
@@ -508,7 +534,7 @@ class CaptchaData(DataModule):
             out.write(f"{path}\t{text}\n")
 
 
-class _ImageFiles(torch.utils.data.Dataset):
+class _ImageFiles(_PerSample):
     def __init__(self, paths: list[Path], labels: list[str] | None, width: int, height: int, length: int,
                  alphabet: str = ALPHABET):
         self.paths, self.labels, self.width, self.height, self.length = paths, labels, width, height, length
@@ -527,7 +553,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         sample = {"x": torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None], "index": index}
         if self.labels is not None:
             sample["y"] = torch.from_numpy(encode(self.labels[index], self.alphabet))
-        return sample
+        return self._transformed(sample, index)
 
 
 def read_folder(folder: Path, length: int, width: int, height: int, require_labels: bool = True,
@@ -566,6 +592,7 @@ class CaptchaFolder(CaptchaData):
             for split in subdirs:
                 self.splits[split] = read_folder(self.root / split, self.length, self.width, self.height,
                                                  alphabet=self.alphabet)[1]
+            self.splits["train"].transform = self._train_slant("train")
             return
         files, full = read_folder(self.root, self.length, self.width, self.height, alphabet=self.alphabet)
         order = np.random.default_rng(self.seed).permutation(len(files))
@@ -575,3 +602,5 @@ class CaptchaFolder(CaptchaData):
             if len(idx):
                 self.splits[split] = _ImageFiles([files[i] for i in idx], [full.labels[i] for i in idx],
                                                  self.width, self.height, self.length, self.alphabet)
+        if "train" in self.splits:
+            self.splits["train"].transform = self._train_slant("train")

@@ -42,6 +42,8 @@ def gold_spans(tags: torch.Tensor) -> torch.Tensor:
 class SpanPolarity(nn.Module):
     """Polarity scores (K, 3) of K spans from (N, L, D) states; see the module docstring."""
 
+    ema_skip = ("neutral_bias",)  # chosen on validation, not trained: a weight average must not blend it
+
     def __init__(self, input_dim: int, hidden: int = 64, context: int = 10, attention: bool = True,
                  dropout: float = 0.1):
         super().__init__()
@@ -107,8 +109,8 @@ class SpanPolarity(nn.Module):
         """Cross-entropy of the gold spans' polarities (tags 1..3), weighted per class; 0 (with a graph) when the
         batch holds no View."""
         spans = gold_spans(tags)
-        if not len(spans):
-            return states.sum() * 0.0
+        if not len(spans):  # every parameter in the graph: DDP expects a gradient for each, on every rank
+            return states.sum() * 0.0 + sum(p.sum() for p in self.parameters()) * 0.0
         return F.cross_entropy(self(states, spans, lengths), spans[:, 3] - 1, weight=class_weight)
 
 

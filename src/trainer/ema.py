@@ -31,7 +31,10 @@ class WeightEMA:
         model = getattr(net, "model", None)
         prefix = "model." if model is not None else ""
         live = {name: p for name, p in net.named_parameters() if p.requires_grad}
-        live |= {prefix + name: b for name, b in (model or net).named_buffers() if b.is_floating_point()}
+        skip = {f"{prefix}{mod_name}{'.' if mod_name else ''}{b}" for mod_name, mod in (model or net).named_modules()
+                for b in getattr(mod, "ema_skip", ())}  # buffers set by a decision (e.g. on validation), not averaged
+        live |= {prefix + name: b for name, b in (model or net).named_buffers()
+                 if b.is_floating_point() and prefix + name not in skip}
         self.names, self.live = list(live), list(live.values())
         self.shadow = [t.detach().clone() for t in self.live]
 

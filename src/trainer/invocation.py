@@ -48,10 +48,10 @@ class Invocation:
             if o.is_delete() or key.startswith("hydra.") or key == "stages":
                 continue
             value = o.value()
-            if "." in key:
-                keys.append(key)
-            elif isinstance(value, dict):  # trainer={max_epochs: 1}
+            if isinstance(value, dict):  # trainer={max_epochs: 1}, stages.lm.trainer={max_epochs: 1}: its leaves
                 keys += [f"{key}.{k}" for k in leaf_keys(OmegaConf.create(value))]
+            elif "." in key:
+                keys.append(key)
         if self.debug:
             keys += leaf_keys(OmegaConf.load(CONF_DIR / "debug" / f"{self.debug}.yaml"))
         return keys

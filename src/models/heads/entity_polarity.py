@@ -284,7 +284,8 @@ class EntityPolarityTagger(Head):
             return metrics
         g = self._chosen(s)
         metrics.update(scores(s["score_by_bias"][g].tolist()))
-        metrics["neutral_bias"] = float(self.bias_grid[g] if self._tuning() else self._seen[0].neutral_bias)
+        if self._tuning() or self._seen:  # (a rank that scored no batch has not seen the classifier)
+            metrics["neutral_bias"] = float(self.bias_grid[g] if self._tuning() else self._seen[0].neutral_bias)
         if "span_gold" in s:
             metrics["span_acc"] = float(s["span_right"][g] / s["span_gold"].clamp(min=1))
         return metrics
