@@ -30,11 +30,11 @@ def id_texts(dataset) -> list[str]:
     return out
 
 
-def logistic_cv(features, labels, seed: int):
+def logistic_cv(features, labels, seed: int, cs: np.ndarray | None = None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    grid = {"C": np.logspace(-2, 3, 11).tolist()}
+    grid = {"C": (np.logspace(-2, 3, 11) if cs is None else cs).tolist()}
     search = GridSearchCV(LogisticRegression(max_iter=5000), grid, scoring="accuracy",
                           cv=StratifiedKFold(5, shuffle=True, random_state=seed))
     search.fit(features, labels)

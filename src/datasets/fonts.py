@@ -2,7 +2,7 @@
 has the glyphs it will draw, a content hash for cache keys, and held-out fonts chosen by name.
 
 An entry of a font list is a font file (.ttf, .otf, .ttc, .woff, .woff2: whatever FreeType reads), a folder (its font
-files, recursively), or one of the names of fonts that install with the project:
+files, recursively), or one of these names:
   - `captcha`: the `captcha` package's bundled DroidSansMono (Apache 2.0), what the package draws in by default;
   - `matplotlib`: the text fonts matplotlib ships (a dependency): DejaVu Sans, Sans Mono and Serif in four styles
     each, STIX General in four, Computer Modern roman, bold, italic, sans and typewriter. Its other files are symbol
@@ -11,7 +11,8 @@ files, recursively), or one of the names of fonts that install with the project:
   - `roboto`: Roboto (Google, OFL) in 12 weights and italics, from the `font-roboto` package;
   - `source_sans`: Source Sans Pro (Adobe, OFL) in 12 weights and italics, from `font-source-sans-pro` (its .ttf
     files; the .otf beside each is the same face).
-The last two are the proportional sans faces, light to black and upright to italic, that matplotlib's set lacks.
+The first two install with the project; the last two are an extra (`pip install -e '.[fonts]'`): the proportional
+sans faces, light to black and upright to italic, that matplotlib's set lacks.
 """
 from __future__ import annotations
 
