@@ -345,9 +345,12 @@ def slant(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int, seed:
     return batch
 
 
-def _float_then_slant(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int, seed: int,
-                      shear: float) -> dict[str, torch.Tensor]:
-    return slant(_to_float(batch, indices, epoch), indices, epoch, seed, shear)
+def _chain(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int,
+           transforms: tuple) -> dict[str, torch.Tensor]:
+    """Batch transforms one after the other (picklable through functools.partial, unlike a lambda)."""
+    for transform in transforms:
+        batch = transform(batch, indices, epoch)
+    return batch
 
 
 class _PerSample(torch.utils.data.Dataset):
@@ -502,9 +505,9 @@ class CaptchaData(DataModule):
         arrays = cached_split(self.cache_dir, SPLIT_SEEDS[split], n, self.length, self.width, self.height,
                               self.render_size, self.render_workers, what=f"{split} captchas", alphabet=self.alphabet,
                               fonts=fonts, stroke=self.train_stroke if split == "train" else 0.0)
-        if self._train_slant(split) is None:
-            return ArrayDataset(arrays, transform=_to_float)
-        return ArrayDataset(arrays, transform=functools.partial(_float_then_slant, seed=self.seed, shear=self.train_shear))
+        slanted = self._train_slant(split)
+        return ArrayDataset(arrays, transform=_to_float if slanted is None
+                            else functools.partial(_chain, transforms=(_to_float, slanted)))
 
     def _train_slant(self, split: str):
         """The training split's slant (`train_shear`) as a picklable transform, or None."""
@@ -592,15 +595,14 @@ class CaptchaFolder(CaptchaData):
             for split in subdirs:
                 self.splits[split] = read_folder(self.root / split, self.length, self.width, self.height,
                                                  alphabet=self.alphabet)[1]
-            self.splits["train"].transform = self._train_slant("train")
-            return
-        files, full = read_folder(self.root, self.length, self.width, self.height, alphabet=self.alphabet)
-        order = np.random.default_rng(self.seed).permutation(len(files))
-        n_val, n_test = int(len(files) * self.val_fraction), int(len(files) * self.test_fraction)
-        parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
-        for split, idx in parts.items():
-            if len(idx):
-                self.splits[split] = _ImageFiles([files[i] for i in idx], [full.labels[i] for i in idx],
-                                                 self.width, self.height, self.length, self.alphabet)
+        else:
+            files, full = read_folder(self.root, self.length, self.width, self.height, alphabet=self.alphabet)
+            order = np.random.default_rng(self.seed).permutation(len(files))
+            n_val, n_test = int(len(files) * self.val_fraction), int(len(files) * self.test_fraction)
+            parts = {"val": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
+            for split, idx in parts.items():
+                if len(idx):
+                    self.splits[split] = _ImageFiles([files[i] for i in idx], [full.labels[i] for i in idx],
+                                                     self.width, self.height, self.length, self.alphabet)
         if "train" in self.splits:
             self.splits["train"].transform = self._train_slant("train")

@@ -38,12 +38,20 @@ FONT_PACKAGES = {"roboto": ("font_roboto", "font-roboto"), "source_sans": ("font
 _ABSENT = "\U0010fffd"  # a private-use code point no text font maps: what a missing glyph renders as
 
 
-def _package_dir(name: str, entry: str | None = None, dist: str | None = None) -> Path:
-    """A package's folder without importing it (matplotlib's import costs a second; only its files are wanted)."""
-    spec = importlib.util.find_spec(name)
+def _missing_package(module: str, entry: str, dist: str) -> str | None:
+    """Why a named font set cannot be read (its package is not installed), or None."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"font list entry '{entry or name}' needs the {dist or name} package (pip install {dist or name})")
-    return Path(next(iter(spec.submodule_search_locations)))
+        return f"font list entry '{entry}' needs the {dist} package (pip install {dist})"
+    return None
+
+
+def _package_dir(module: str, entry: str | None = None, dist: str | None = None) -> Path:
+    """A package's folder without importing it (matplotlib's import costs a second; only its files are wanted)."""
+    problem = _missing_package(module, entry or module, dist or module)
+    if problem:
+        raise UserError(problem)
+    return Path(next(iter(importlib.util.find_spec(module).submodule_search_locations)))
 
 
 def named_fonts(name: str) -> list[Path]:
@@ -59,8 +67,8 @@ def named_fonts(name: str) -> list[Path]:
 def entry_problem(entry: str) -> str | None:
     """Why one font list entry cannot be used (not there, an empty folder, a file that is not a font), or None.
     Cheap (FreeType reads the header): the config check runs it on every entry before any work."""
-    if entry in FONT_PACKAGES and importlib.util.find_spec(FONT_PACKAGES[entry][0]) is None:
-        return f"font list entry '{entry}' needs the {FONT_PACKAGES[entry][1]} package (pip install {FONT_PACKAGES[entry][1]})"
+    if entry in FONT_PACKAGES:
+        return _missing_package(FONT_PACKAGES[entry][0], entry, FONT_PACKAGES[entry][1])
     if entry in NAMED:
         return None
     path = Path(entry).expanduser()

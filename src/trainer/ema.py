@@ -31,10 +31,11 @@ class WeightEMA:
         model = getattr(net, "model", None)
         prefix = "model." if model is not None else ""
         live = {name: p for name, p in net.named_parameters() if p.requires_grad}
-        skip = {f"{prefix}{mod_name}{'.' if mod_name else ''}{b}" for mod_name, mod in (model or net).named_modules()
-                for b in getattr(mod, "ema_skip", ())}  # buffers set by a decision (e.g. on validation), not averaged
-        live |= {prefix + name: b for name, b in (model or net).named_buffers()
-                 if b.is_floating_point() and prefix + name not in skip}
+        for owner, module in (model or net).named_modules():
+            for name, b in module.named_buffers(recurse=False):
+                # a buffer its module lists in `ema_skip` is set by a decision (e.g. on validation), not averaged
+                if b.is_floating_point() and name not in getattr(module, "ema_skip", ()):
+                    live[prefix + (f"{owner}." if owner else "") + name] = b
         self.names, self.live = list(live), list(live.values())
         self.shadow = [t.detach().clone() for t in self.live]
 
