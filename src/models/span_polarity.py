@@ -5,8 +5,8 @@ dominated by 'none' and neutral characters (87.5% of the contest's Views are neu
 inside a found View calls that View positive or negative more often wrongly than rightly. This module decides the
 polarity of a span once, from the span and the text around it, with a loss of its own over the gold Views alone.
 
-Each span (row, start, end) is read from a local window of the model's per-character states (`outputs["states"]`,
-`model.span_states` features): the `context` characters before it, the span, the `context` characters after it.
+Each span (row, start, end) is read from a local window of the model's per-character states (`outputs["states"]`):
+the `context` characters before it, the span, the `context` characters after it.
 Its features are the mean and the max of the states over the span, the means over the left and the right context,
 and (with `attention`) an attention-weighted mean over the window, the query made from the span's mean and a
 learned score per position relative to the span (so that "很好" just after the View can weigh more than a word
@@ -65,7 +65,7 @@ class SpanPolarity(nn.Module):
                 lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The (K, M + 2C, D) states around each span (M: the longest span), whether each position lies inside its
         sentence, and each position's place relative to its span (-C..-1 before, 0 inside, 1..C after; beyond the
-        span's own end inside the window: C + 1, never read)."""
+        span's own end inside the window: above C, never read)."""
         rows, a, b = spans[:, 0], spans[:, 1], spans[:, 2]
         c = self.context
         width = int((b - a).max()) + 2 * c if len(spans) else 2 * c + 1  # one host sync per call, not per span
