@@ -16,7 +16,6 @@ starts at line 17,535, inside issue 27; the day test at 17,551, issue 27's first
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -57,13 +56,21 @@ class MeanOfModels(nn.Module):
         return torch.stack(outs).mean(0)
 
 
+def same(a, b) -> bool:
+    """Whether two data states hold the same values (tensors compared by value, not by pickled bytes)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return a == b
+
+
 def ensemble(paths: list[str]):
     """One net from several checkpoints that share their data state; the first one's path, state and config."""
     loaded = [load(path) for path in paths]
     p, state, saved = loaded[0]
-    data = pickle.dumps(state["data"])
     for other, other_state, _ in loaded[1:]:
-        if pickle.dumps(other_state["data"]) != data:
+        if not same(other_state["data"], state["data"]):
             raise SystemExit(f"--ensemble: {other} was trained on other data ids than {p} (dataset config or text)")
     models = []
     for _, member_state, member_cfg in loaded:
