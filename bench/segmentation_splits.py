@@ -65,8 +65,9 @@ def same(a, b) -> bool:
     return a == b
 
 
-def ensemble(paths: list[str]):
-    """One net from several checkpoints that share their data state; the first one's path, state and config."""
+def build(paths: list[str]):
+    """One net from one checkpoint, or from several that share their data state (the mean of their models); the
+    first one's state and config, and a label naming the runs."""
     loaded = [load(path) for path in paths]
     p, state, saved = loaded[0]
     for other, other_state, _ in loaded[1:]:
@@ -76,8 +77,9 @@ def ensemble(paths: list[str]):
     for _, member_state, member_cfg in loaded:
         member = TaskNet(instantiate(member_cfg.model), instantiate(member_cfg.head))
         member.load_state_dict(member_state["net"])
-        models.append(member.model)
-    return p, state, saved, TaskNet(MeanOfModels(models), instantiate(saved.head))
+        models.append(member)
+    net = models[0] if len(models) == 1 else TaskNet(MeanOfModels([m.model for m in models]), models[0].head)
+    return state, saved, net, " + ".join(q.parent.parent.name for q, _, _ in loaded)
 
 
 def main() -> None:
@@ -90,14 +92,8 @@ def main() -> None:
     torch.set_num_threads(2)
     print("| checkpoint | split | P | R | F1 | OOV rate | OOV recall | IV recall | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for path in [args.ckpts] if args.ensemble else args.ckpts:
-        if args.ensemble:
-            p, state, saved, net = ensemble(path)
-        else:
-            p, state, saved = load(path)
-            net = TaskNet(instantiate(saved.model), instantiate(saved.head))
-            net.load_state_dict(state["net"])
-        label = " + ".join(Path(c).name for c in path) if args.ensemble else p.parent.parent.name
+    for paths in [args.ckpts] if args.ensemble else [[c] for c in args.ckpts]:
+        state, saved, net, label = build(paths)
         modules = {}
         for name in args.splits:
             split, _, held_out = name.partition("@")

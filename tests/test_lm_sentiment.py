@@ -322,6 +322,7 @@ def test_a_bag_of_words_is_scored_from_one_distribution_per_sample():
     h = torch.randn(2, 8)
     full = NextTokenHead()
     logits = torch.randn(2, 40)
+    logits[0, 7] = 10.0  # row 0's most likely word is a target twice: two correct
     for head, outputs, logp in ((adaptive, {"hidden": h}, adaptive.softmax.log_prob(h).detach()),
                                 (full, logits, logits.log_softmax(-1))):
         targets = [(0, 3), (0, 7), (0, 7), (1, 1), (1, 2), (1, 30), (1, 39)]
@@ -333,6 +334,12 @@ def test_a_bag_of_words_is_scored_from_one_distribution_per_sample():
         assert math.isclose(metrics["loss"], nll, rel_tol=1e-5)
         assert math.isclose(metrics["acc"], correct / len(targets))
         assert math.isclose(float(head.loss(outputs, {"y": y}).detach()), nll, rel_tol=1e-5)
+    assert correct >= 2 and full.compute()["acc"] == correct / 7
+    # one state with one target each (lm_mode=windows) is still next-word scoring, not a bag
+    window_y = torch.tensor([3, 39])
+    logp = adaptive.softmax.log_prob(h).detach()
+    expected = -(logp[0, 3] + logp[1, 39]) / 2
+    assert torch.isclose(adaptive.loss({"hidden": h}, {"y": window_y}).detach(), expected, rtol=1e-5)
     encoder = BagWindowEncoder(vocab_size=40, embedding_dim=8, hidden=8, window=2)
     x = torch.tensor([[5, 6, 7, PAD], [5, 6, 7, 8]])
     states = encoder(x)

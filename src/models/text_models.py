@@ -73,5 +73,5 @@ class ReviewClassifier(nn.Module):
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, H) mean of (B, T, H) states over the positions where (B, T) `mask` is true (0 where none is)."""
-    m = mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp(min=1)
+    counts = mask.sum(1, keepdim=True).clamp(min=1)  # integers: exact in any dtype of h
+    return (h * mask.unsqueeze(-1).to(h.dtype)).sum(1) / counts

@@ -45,8 +45,10 @@ class AdaptiveSoftmaxHead(NextTokenHead):
         return h.reshape(-1, h.shape[-1])[keep].float(), y[keep]
 
     def _bag(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        h = outputs["hidden"]
-        return bag_scores(self.softmax.log_prob(h.float()), batch["y"]) if h.ndim == 2 else None
+        h, y = outputs["hidden"], batch["y"]
+        if h.ndim != 2 or y.ndim != 2:  # (B, H) with (B,) targets: windows, one next word each
+            return None
+        return bag_scores(self.softmax.log_prob(h.float()), y, self.ignore_index)
 
     def _token_loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         h, y = self._flat(outputs, batch)

@@ -27,8 +27,8 @@ def bag_scores(logp: torch.Tensor, y: torch.Tensor, ignore_index: int = IGNORE) 
     of each (`ignore_index` on padding) -> the summed negative log-likelihood, the number of targets, and how many
     were their sample's most likely word (masked sums: no host sync)."""
     counted = y != ignore_index
-    target = logp.gather(1, y.clamp(min=0))
-    return {"nll_sum": -(target * counted).sum(), "tokens": counted.sum(),
+    target = torch.where(counted, logp.gather(1, y.clamp(min=0)), 0.0)
+    return {"nll_sum": -target.sum(), "tokens": counted.sum(),
             "correct": ((logp.argmax(1, keepdim=True) == y) & counted).sum()}
 
 
@@ -80,5 +80,6 @@ class NextTokenHead(Head):
         return {"loss": nll, "perplexity": math.exp(min(nll, 50.0)), "acc": float(s["correct"]) / tokens}
 
     def decode(self, outputs: Any, batch: dict[str, Any]) -> list[int]:
-        """The most likely next token id of each sample (of each position, for sequence outputs)."""
+        """The most likely next token id of each sample (of each position, for sequence outputs; for a bag, the
+        most likely word of the sample's chunk)."""
         return logits_of(outputs).argmax(-1).tolist()
