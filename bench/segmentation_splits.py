@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from trainer import checkpoint  # noqa: E402
 from trainer.inference import score  # noqa: E402
 from trainer.stages import TaskNet  # noqa: E402
-from torch import nn  # noqa: E402
 
 SPLITS = ["val@days", "test@lines", "test@days", "test_halfwidth@lines", "test_halfwidth@days", "conventions@days"]
 

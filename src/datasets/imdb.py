@@ -269,11 +269,9 @@ class ChunkDataset(Dataset):
         steps = np.arange(width)
         valid = steps[None, :] < lengths[:, None]
         piece = np.where(valid, self.tokens[np.where(valid, self.starts[idx][:, None] + steps[None, :], 0)], -1)
-        if not self.shift:
-            return {"x": torch.from_numpy(np.where(valid, piece, PAD).astype(np.int64)),
-                    "y": torch.from_numpy(np.where(valid, piece, IGNORE).astype(np.int64))}
-        x = np.where(piece[:, :-1] >= 0, piece[:, :-1], PAD)
-        y = np.where(valid[:, 1:], piece[:, 1:], IGNORE)
+        x = piece[:, : width - self.shift]
+        x = np.where(x >= 0, x, PAD)
+        y = np.where(valid[:, self.shift :], piece[:, self.shift :], IGNORE)
         return {"x": torch.from_numpy(x.astype(np.int64)), "y": torch.from_numpy(y.astype(np.int64))}
 
     def __getitem__(self, index: int) -> dict[str, Any]:

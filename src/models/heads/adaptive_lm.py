@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .language_model import IGNORE, NextTokenHead, bag_scores
+from .language_model import IGNORE, NextTokenHead
 
 
 def cutoffs_for(vocab_size: int, cutoffs: Sequence[float]) -> list[int]:
@@ -44,11 +44,9 @@ class AdaptiveSoftmaxHead(NextTokenHead):
         keep = y != IGNORE
         return h.reshape(-1, h.shape[-1])[keep].float(), y[keep]
 
-    def _bag(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        h, y = outputs["hidden"], batch["y"]
-        if h.ndim != 2 or y.ndim != 2:  # (B, H) with (B,) targets: windows, one next word each
-            return None
-        return bag_scores(self.softmax.log_prob(h.float()), y, self.ignore_index)
+    def _sample_log_probs(self, outputs: Any) -> torch.Tensor | None:
+        h = outputs["hidden"]
+        return self.softmax.log_prob(h.float()) if h.ndim == 2 else None
 
     def _token_loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         h, y = self._flat(outputs, batch)

@@ -22,14 +22,16 @@ from .classification import logits_of
 IGNORE = -100
 
 
-def bag_scores(logp: torch.Tensor, y: torch.Tensor, ignore_index: int = IGNORE) -> dict[str, torch.Tensor]:
+def bag_sums(logp: torch.Tensor, y: torch.Tensor, ignore_index: int = IGNORE,
+             correct: bool = True) -> dict[str, torch.Tensor]:
     """Sums over a batch of bags: (B, V) log-probabilities, one distribution per sample, and (B, T) target words
-    of each (`ignore_index` on padding) -> the summed negative log-likelihood, the number of targets, and how many
-    were their sample's most likely word (masked sums: no host sync)."""
+    of each (`ignore_index` on padding) -> the summed negative log-likelihood, the number of targets, and (with
+    `correct`) how many were their sample's most likely word. Masked sums: no host sync."""
     counted = y != ignore_index
-    target = torch.where(counted, logp.gather(1, y.clamp(min=0)), 0.0)
-    return {"nll_sum": -target.sum(), "tokens": counted.sum(),
-            "correct": ((logp.argmax(1, keepdim=True) == y) & counted).sum()}
+    sums = {"nll_sum": -torch.where(counted, logp.gather(1, y.clamp(min=0)), 0.0).sum(), "tokens": counted.sum()}
+    if correct:
+        sums["correct"] = ((logp.argmax(1, keepdim=True) == y) & counted).sum()
+    return sums
 
 
 class NextTokenHead(Head):
@@ -43,12 +45,17 @@ class NextTokenHead(Head):
         logits = logits_of(outputs)
         return logits.reshape(-1, logits.shape[-1]).float(), batch["y"].reshape(-1)
 
-    def _bag(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        """bag_scores when the output is one distribution per sample for (B, T) targets, else None."""
+    def _sample_log_probs(self, outputs: Any) -> torch.Tensor | None:
+        """(B, V) log-probabilities when the output is one distribution per sample, else None."""
         logits = logits_of(outputs)
-        if logits.ndim != 2 or batch["y"].ndim != 2:
+        return logits.float().log_softmax(-1) if logits.ndim == 2 else None
+
+    def _bag(self, outputs: Any, batch: dict[str, Any], correct: bool) -> dict[str, torch.Tensor] | None:
+        """bag_sums when one distribution per sample meets (B, T) targets (a bag of words), else None."""
+        if batch["y"].ndim != 2:
             return None
-        return bag_scores(logits.float().log_softmax(-1), batch["y"], self.ignore_index)
+        logp = self._sample_log_probs(outputs)
+        return None if logp is None else bag_sums(logp, batch["y"], self.ignore_index, correct)
 
     def _token_loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         logits, y = self._flat(outputs, batch)
@@ -61,13 +68,13 @@ class NextTokenHead(Head):
                 "tokens": counted.sum(), "correct": ((logits.argmax(-1) == y) & counted).sum()}
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
-        bag = self._bag(outputs, batch)
+        bag = self._bag(outputs, batch, correct=False)
         if bag is None:
             return self._token_loss(outputs, batch)
         return bag["nll_sum"] / bag["tokens"].clamp(min=1)
 
     def update(self, outputs: Any, batch: dict[str, Any]) -> None:
-        sums = self._bag(outputs, batch)
+        sums = self._bag(outputs, batch, correct=True)
         for key, value in (self._token_sums(outputs, batch) if sums is None else sums).items():
             self.accumulate(key, value.double())
 
