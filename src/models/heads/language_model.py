@@ -6,7 +6,8 @@ of a sequence predicts the next (truncated back-propagation through time), or (B
 distribution per sample scores all the words of its chunk (a bag-of-words autoencoder,
 `LanguageModel(output=mean)`). `batch["y"]` holds the target ids, (B,) or (B, T), with `ignore_index` (-100) at
 padded positions. Perplexity is exp of the mean negative log-likelihood per predicted token, summed over the whole
-split before the exp (as language-modelling papers report it), not an average of per-batch perplexities.
+split before the exp (as language-modelling papers report it), not an average of per-batch perplexities. A bag's
+targets may carry weights, `batch["w"]` (B, T) (TF-IDF: `ChunkDataset`): the loss and metrics are then weighted means.
 """
 from __future__ import annotations
 
@@ -22,15 +23,17 @@ from .classification import logits_of
 IGNORE = -100
 
 
-def bag_sums(logp: torch.Tensor, y: torch.Tensor, ignore_index: int = IGNORE,
-             correct: bool = True) -> dict[str, torch.Tensor]:
+def bag_sums(logp: torch.Tensor, y: torch.Tensor, ignore_index: int = IGNORE, correct: bool = True,
+             weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Sums over a batch of bags: (B, V) log-probabilities, one distribution per sample, and (B, T) target words
     of each (`ignore_index` on padding) -> the summed negative log-likelihood, the number of targets, and (with
-    `correct`) how many were their sample's most likely word. Masked sums: no host sync."""
+    `correct`) how many were their sample's most likely word. With a (B, T) `weight` per target, each of the three
+    is a weighted sum. Masked sums: no host sync."""
     counted = y != ignore_index
-    sums = {"nll_sum": -torch.where(counted, logp.gather(1, y.clamp(min=0)), 0.0).sum(), "tokens": counted.sum()}
+    w = counted.to(logp.dtype) if weight is None else torch.where(counted, weight.to(logp.dtype), 0.0)
+    sums = {"nll_sum": -(w * logp.gather(1, y.clamp(min=0))).sum(), "tokens": w.sum()}
     if correct:
-        sums["correct"] = ((logp.argmax(1, keepdim=True) == y) & counted).sum()
+        sums["correct"] = (w * (logp.argmax(1, keepdim=True) == y)).sum()
     return sums
 
 
@@ -55,7 +58,7 @@ class NextTokenHead(Head):
         if batch["y"].ndim != 2:
             return None
         logp = self._sample_log_probs(outputs)
-        return None if logp is None else bag_sums(logp, batch["y"], self.ignore_index, correct)
+        return None if logp is None else bag_sums(logp, batch["y"], self.ignore_index, correct, batch.get("w"))
 
     def _token_loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
         logits, y = self._flat(outputs, batch)
