@@ -3,10 +3,11 @@
 on the task's own splits (the same DataModule, so the same sentences).
 
     python bench/absa_dictionary_baseline.py [--data-dir DATA (default: data)] [--round final|first]
-        [--test-views random|unseen] [--split test|val] [--polarity neu|majority]
+        [--test-views random|unseen] [--split test|val] [--polarity neu|majority] [--compose no yes]
 
 `--polarity majority` gives each match the polarity its View most often has in training instead (a stronger
-floor). Prints one table row per setting and the wall time.
+floor); `--compose yes` joins the matches into Views the list lacks, as `dataset.compose_matches` does (brand +
+model, model + code; datasets/absa.py EntityMatcher). Prints one table row per setting and the wall time.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from trainer.models.heads.absa_score import COUNTS, scores, sentence_counts
 from trainer.models.heads.entity_polarity import pairs_of
 
 
-def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str) -> dict[str, float]:
+def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, compose: bool) -> dict[str, float]:
     data = BdciAbsa(root=str(Path(data_dir) / "absa-bdci2016"), round=round_,
                     unknown_ids="skip" if round_ == "first" else "error", test_views=test_views)
     parts = data._parts()
@@ -31,13 +32,15 @@ def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str) 
     usual = {}
     for view, counter in _polarity_counts(train).items():
         usual[view] = counter.most_common(1)[0][0]
-    matcher = EntityMatcher(views)
+    blocked = frozenset(EntityMatcher(views).codes_after([s.text for s in train]))
+    matcher = EntityMatcher(views, compose, blocked)
     train_views = frozenset(views)
     counts = np.zeros(len(COUNTS), dtype=np.int64)
     for s in parts[split]:
-        tags = [1 + ("pos", "neu", "neg").index(usual[s.text[a:b]] if polarity == "majority" else "neu")
-                for a, b in matcher(s.text)]
-        pred = pairs_of(s.text, [(a, b, t) for (a, b), t in zip(matcher(s.text), tags)])
+        spans = matcher(s.text)
+        tags = [1 + ("pos", "neu", "neg").index(usual.get(s.text[a:b], "neu") if polarity == "majority" else "neu")
+                for a, b in spans]
+        pred = pairs_of(s.text, [(a, b, t) for (a, b), t in zip(spans, tags)])
         gold = gold_pairs(s)
         counts += sentence_counts(gold, pred, [v not in train_views for v, _ in gold])
     out = scores(counts.tolist())
@@ -60,17 +63,21 @@ def main() -> None:
     ap.add_argument("--test-views", nargs="+", default=["random", "unseen"])
     ap.add_argument("--split", default="test")
     ap.add_argument("--polarity", nargs="+", default=["neu", "majority"])
+    ap.add_argument("--compose", nargs="+", default=["no"], choices=["no", "yes"])
     args = ap.parse_args()
-    print("| round | test Views | polarity | sentences | triple F1 | entity F1 | polarity acc | unseen recall |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| round | test Views | polarity | composed | sentences | triple F1 | entity F1 | polarity acc "
+          "| unseen recall |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for round_ in args.round:
         for test_views in args.test_views:
             for polarity in args.polarity:
-                t0 = time.perf_counter()
-                m = run(args.data_dir, round_, test_views, args.split, polarity)
-                unseen = f"{m['unseen_recall']:.4f}" if "unseen_recall" in m else "-"
-                print(f"| {round_} | {test_views} | {polarity} | {m['sentences']} | {m['f1']:.4f} | "
-                      f"{m['entity_f1']:.4f} | {m['polarity_acc']:.4f} | {unseen} | ({time.perf_counter() - t0:.1f} s)")
+                for compose in args.compose:
+                    t0 = time.perf_counter()
+                    m = run(args.data_dir, round_, test_views, args.split, polarity, compose == "yes")
+                    unseen = f"{m['unseen_recall']:.4f}" if "unseen_recall" in m else "-"
+                    print(f"| {round_} | {test_views} | {polarity} | {compose} | {m['sentences']} | {m['f1']:.4f} | "
+                          f"{m['entity_f1']:.4f} | {m['polarity_acc']:.4f} | {unseen} | "
+                          f"({time.perf_counter() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

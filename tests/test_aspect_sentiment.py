@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import cli, latest_run
-from trainer.datasets.absa import BdciAbsa, SentenceDataset, window_starts
+from trainer.datasets.absa import BdciAbsa, EntityMatcher, SentenceDataset, window_starts
 from trainer.datasets.absa_formats import read_contest, read_jsonl, read_new_sentences
 from trainer.errors import UserError
 from trainer.models.heads.absa_score import scores, sentence_counts
@@ -181,6 +181,39 @@ def test_match_flags_on_training_text_come_from_the_other_folds_views(tmp_path):
     assert any(2 in f for f in flags.values())  # the common Views are
     batch = data.splits["train"].__getitems__([0, 1])
     assert batch["x"].shape[-1] == 2 and data.info["match_flags"] == 4
+
+
+def test_composed_matches_join_brand_and_model_and_run_on_over_model_codes():
+    matcher = EntityMatcher(["大众", "大众速腾", "朗逸", "宝马", "宝马x5", "奥迪", "奥迪a4", "帝豪", "起亚k9"], compose=True,
+                            blocked=frozenset({"4s"}))
+    def found(text):
+        return [text[a:b] for a, b in matcher(text)]
+    assert found("大众朗逸和宝马奥迪") == ["大众朗逸", "宝马", "奥迪"]  # brand + model joins; two brands stay two
+    assert found("朗逸大众") == ["朗逸", "大众"]  # a model before a brand is no brand + model
+    assert found("帝豪ec7出口，起亚k900上市") == ["帝豪ec7", "起亚k900"]  # a code with a letter; a code run on
+    assert found("宝马4s店的帝豪2016款，帝豪1.5t") == ["宝马", "帝豪", "帝豪"]  # blocked, digits only, a dot
+    assert found("大众朗逸xl") == ["大众朗逸xl"]
+    assert [(a, b) for a, b in EntityMatcher(["大众", "大众速腾", "朗逸"])("大众朗逸")] == [(0, 2), (2, 4)]
+    assert EntityMatcher(["宝马", "帝豪"]).codes_after(["宝马4s店", "帝豪ec7，宝马", "奥迪a6"]) == {"4s", "ec7"}
+
+
+def test_composition_learns_its_blocked_codes_from_training_text_and_carries_them(tmp_path):
+    write_contest(tmp_path, 60, seed=0)
+    with open(tmp_path / "Train.csv", "ab") as f:
+        f.write("S_4s\t宝马4s店今天到店，。\r\n".encode())
+    data = BdciAbsa(root=str(tmp_path), min_count=1, compose_matches=True, val_fraction=0.0, test_fraction=0.0)
+    data.setup()
+    assert data.blocked_codes == {"4s"}
+    other = BdciAbsa(root=str(tmp_path), min_count=1, compose_matches=True)
+    other.load_state_dict(torch.load(_saved(data.state_dict(), tmp_path), weights_only=True))
+    assert other.blocked_codes == {"4s"}
+    dataset = other.predict_dataset(str(_lines(tmp_path, ["宝马4s店的宝马x7很好。"])))
+    assert [dataset.enc.sentences[0].text[a:b] for a, b in dataset.matches[0]] == ["宝马", "宝马x7"]
+
+
+def _lines(folder, lines):
+    (folder / "new.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder / "new.txt"
 
 
 def test_state_travels_through_torch_load_and_is_reused_before_setup(tmp_path):

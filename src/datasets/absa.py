@@ -18,8 +18,9 @@ distinct Views, and no training or validation sentence has one of those Views: a
 The vocabulary keeps characters seen at least `min_count` (5) times in the training split (others share the
 unknown id 1; 0 pads). The entity list used in decoding is the training split's Views, or `entities` (a file, one
 entity a line); its longest non-overlapping matches in each sentence (Aho-Corasick, `pyahocorasick`) go into
-evaluation batches as `matches`. A View that does not occur in its sentence is counted and reported, and stays in
-the gold (an entity no tagger can find).
+evaluation batches as `matches`; with `compose_matches`, matches are joined into Views the list does not hold
+(brand + model, model + code: `EntityMatcher`). A View that does not occur in its sentence is counted and reported,
+and stays in the gold (an entity no tagger can find).
 
 Self-training: `unlabelled` (a file of sentences, one a line or Train.csv format, or `test`: the held-out test
 sentences' text, as the contest gave its test text unlabelled) is the `unlabelled` split; the core hands
@@ -29,6 +30,7 @@ pseudo-labels for some of its sentences to `set_pseudo_labels`, which adds them 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +55,63 @@ NUM_TAGS = 4  # 0 none, 1 pos, 2 neu, 3 neg
 TAG_OF = {p: i + 1 for i, p in enumerate(POLARITIES)}
 
 
-class EntityMatcher:
-    """Longest non-overlapping occurrences (leftmost first) of a list of entities in a text, by Aho-Corasick."""
+# A Latin/digit model code directly after a match (帝豪 + ec7); a dot inside one makes it a displacement (1.6l)
+MODEL_CODE = re.compile(r"[A-Za-z0-9]+(?:[.\-][A-Za-z0-9]+)*")
 
-    def __init__(self, entities: list[str]):
+
+class EntityMatcher:
+    """Longest non-overlapping occurrences (leftmost first) of a list of entities in a text, by Aho-Corasick.
+
+    With `compose`, the matches are then joined as the car-review labels join Views that the list does not hold:
+    - a match that is a prefix of a longer entity (a brand: 大众, of 大众速腾) joins a match directly after it that
+      is not one (大众 + 朗逸 -> 大众朗逸; 宝马 + 奥迪 stay two Views);
+    - a match runs on over a model code directly after it (帝豪 + ec7 -> 帝豪ec7; 起亚k9 + 00 -> 起亚k900) when the
+      code has a letter or continues one the match ends in, holds no dot, and is not in `blocked`: the codes that
+      follow matches in the training text (4s, suv, 2016, 20t), which `codes_after` counts.
+    """
+
+    def __init__(self, entities: list[str], compose: bool = False, blocked: frozenset[str] = frozenset()):
         self.automaton = None
         if entities:
             self.automaton = ahocorasick.Automaton()
             for e in entities:
                 self.automaton.add_word(e, len(e))
             self.automaton.make_automaton()
+        self.compose, self.blocked = compose, blocked
+        ordered = sorted(entities)  # a prefix sorts directly before the first entity that extends it
+        self.brands = {e for e, after in zip(ordered, ordered[1:]) if after.startswith(e)}
 
-    def __call__(self, text: str) -> list[tuple[int, int]]:
+    def raw(self, text: str) -> list[tuple[int, int]]:
         if self.automaton is None:
             return []
         return [(last - n + 1, last + 1) for last, n in self.automaton.iter_long(text)]
+
+    def __call__(self, text: str) -> list[tuple[int, int]]:
+        spans = self.raw(text)
+        return self._composed(text, spans) if self.compose else spans
+
+    def codes_after(self, texts: list[str]) -> set[str]:
+        """The model codes that directly follow a match in `texts`."""
+        return {m.group() for text in texts for _, b in self.raw(text) if (m := MODEL_CODE.match(text, b))}
+
+    def _composed(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        joined: list[tuple[int, int]] = []
+        for a, b in spans:
+            after_brand = joined and joined[-1][1] == a and text[joined[-1][0] : a] in self.brands
+            if after_brand and text[a:b] not in self.brands:
+                joined[-1] = (joined[-1][0], b)
+            else:
+                joined.append((a, b))
+        out: list[tuple[int, int]] = []
+        for a, b in joined:
+            if out and a < out[-1][1]:
+                continue  # inside the code the previous match ran on over
+            code = MODEL_CODE.match(text, b)
+            if code and "." not in code.group() and code.group() not in self.blocked and (
+                    text[b - 1].isascii() and text[b - 1].isalnum() or any(c.isalpha() for c in code.group())):
+                b = code.end()
+            out.append((a, b))
+        return out
 
 
 def sentence_tags(s: Sentence) -> tuple[np.ndarray, int]:
@@ -228,7 +272,7 @@ class AbsaData(LazyDataModule):
                  min_count: int = 5, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
                  test_views: str = "random", unseen_fraction: float = 0.2, entities: str | None = None,
                  unlabelled: str | None = None, lm_texts: list[str] | None = None, match_feature: bool = False,
-                 match_folds: int = 5, max_tokens: int | None = None, **loader: Any):
+                 match_folds: int = 5, compose_matches: bool = False, max_tokens: int | None = None, **loader: Any):
         super().__init__(**loader)
         if match_feature and match_folds < 2:
             raise UserError(f"dataset.match_folds={match_folds}: needs at least 2 folds")
@@ -249,7 +293,8 @@ class AbsaData(LazyDataModule):
         self.split_seed, self.test_views, self.unseen_fraction = split_seed, test_views, unseen_fraction
         self.entities_file, self.unlabelled, self.max_tokens = entities, unlabelled, max_tokens
         self.lm_texts = list(lm_texts or [])
-        self.match_feature, self.match_folds = match_feature, match_folds
+        self.match_feature, self.match_folds, self.compose_matches = match_feature, match_folds, compose_matches
+        self.blocked_codes: frozenset[str] | None = None  # model codes seen after matches in the training text
         self.vocab: Vocabulary | None = None
         self.train_views: frozenset[str] | None = None
         self.entities: list[str] | None = None
@@ -333,6 +378,8 @@ class AbsaData(LazyDataModule):
             self.train_views = frozenset(a.term for s in parts["train"] for a in s.aspects or [])
         if self.entities is None:
             self.entities = sorted(self.train_views)
+        if self.blocked_codes is None:
+            self.blocked_codes = frozenset(EntityMatcher(self.entities).codes_after([s.text for s in parts["train"]]))
         splits: dict[str, Dataset] = {}
         if self.view == "lm":
             for name in ("train", "val", "test"):
@@ -342,13 +389,16 @@ class AbsaData(LazyDataModule):
                         texts += [s.text for path in self.lm_texts for s in read_new_sentences(path)]
                     splits[name] = NextTokenWindows([self.vocab.encode(t) for t in texts], self.lm_window, pad_id=PAD)
             return splits
-        matcher = EntityMatcher(self.entities)
+        matcher = self._matcher(self.entities)
         splits["train"] = self._training_split(matcher)
         for name in ("val", "test", "unlabelled"):
             if name in parts:
                 matches = [matcher(s.text) for s in parts[name]]
                 splits[name] = SentenceDataset(self._encode(parts[name], name, matches), matches, self.train_views)
         return splits
+
+    def _matcher(self, entities: list[str]) -> EntityMatcher:
+        return EntityMatcher(entities, self.compose_matches, self.blocked_codes)
 
     def _training_split(self, matcher: EntityMatcher) -> BatchedRows:
         train, pseudo = self._parts()["train"], self._pseudo_sentences()
@@ -364,7 +414,7 @@ class AbsaData(LazyDataModule):
                 matches = [None] * len(train)
                 for k in range(self.match_folds):
                     views = sorted({a.term for s, f in zip(train, fold) if f != k for a in s.aspects or []})
-                    other = EntityMatcher(views)
+                    other = self._matcher(views)
                     for i in np.flatnonzero(fold == k).tolist():
                         matches[i] = other(train[i].text)
             matches += [matcher(s.text) for s in pseudo]
@@ -399,7 +449,7 @@ class AbsaData(LazyDataModule):
         self.pseudo = {"split": split, "indices": [int(i) for i in indices],
                        "labels": [[[int(a), int(b), int(p)] for a, b, p in spans] for spans in labels]}
         if self._splits is not None and self.view == "tag":
-            self._splits["train"] = self._training_split(EntityMatcher(self.entities))
+            self._splits["train"] = self._training_split(self._matcher(self.entities))
         log.info(f"self-training: {len(indices)} pseudo-labelled sentences of '{split}' added to the training split")
 
     @property
@@ -410,7 +460,7 @@ class AbsaData(LazyDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"chars": list(self.vocab.chars), "train_views": sorted(self.train_views),
-                                 "entities": list(self.entities)}
+                                 "entities": list(self.entities), "blocked_codes": sorted(self.blocked_codes)}
         if self.pseudo:
             state["pseudo"] = self.pseudo
         return state
@@ -422,6 +472,7 @@ class AbsaData(LazyDataModule):
         self.train_views = frozenset(state["train_views"])
         if not self.entities_file:  # an entity list given in the config wins over the checkpoint's
             self.entities = list(state["entities"])
+        self.blocked_codes = frozenset(state.get("blocked_codes", ()))
         self.pseudo = state.get("pseudo")
         self._splits = None  # (re)built with this state when first asked for
 
@@ -443,7 +494,7 @@ class AbsaData(LazyDataModule):
         sentences = read_new_sentences(source)
         if not sentences:
             raise UserError(f"{source}: no sentences to tag")
-        matcher = EntityMatcher(self.entities)
+        matcher = self._matcher(self.entities)
         matches = [matcher(s.text) for s in sentences]
         return SentenceDataset(self._encode(sentences, source, matches), matches, self.train_views)
 
