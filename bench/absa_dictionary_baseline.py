@@ -32,8 +32,7 @@ def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, 
     usual = {}
     for view, counter in _polarity_counts(train).items():
         usual[view] = counter.most_common(1)[0][0]
-    blocked = frozenset(EntityMatcher(views).codes_after([s.text for s in train]))
-    matcher = EntityMatcher(views, compose, blocked)
+    matcher = EntityMatcher(views, compose, EntityMatcher(views).codes_after(train))
     train_views = frozenset(views)
     counts = np.zeros(len(COUNTS), dtype=np.int64)
     for s in parts[split]:

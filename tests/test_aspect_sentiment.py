@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import cli, latest_run
 from trainer.datasets.absa import BdciAbsa, EntityMatcher, SentenceDataset, window_starts
-from trainer.datasets.absa_formats import read_contest, read_jsonl, read_new_sentences
+from trainer.datasets.absa_formats import Aspect, Sentence, read_contest, read_jsonl, read_new_sentences
 from trainer.errors import UserError
 from trainer.models.heads.absa_score import scores, sentence_counts
 from trainer.models.heads.entity_polarity import EntityPolarityTagger, pairs_of
@@ -194,7 +194,11 @@ def test_composed_matches_join_brand_and_model_and_run_on_over_model_codes():
     assert found("宝马4s店的帝豪2016款，帝豪1.5t") == ["宝马", "帝豪", "帝豪"]  # blocked, digits only, a dot
     assert found("大众朗逸xl") == ["大众朗逸xl"]
     assert [(a, b) for a, b in EntityMatcher(["大众", "大众速腾", "朗逸"])("大众朗逸")] == [(0, 2), (2, 4)]
-    assert EntityMatcher(["宝马", "帝豪"]).codes_after(["宝马4s店", "帝豪ec7，宝马", "奥迪a6"]) == {"4s", "ec7"}
+    assert EntityMatcher(["大众", "大众", "朗逸"], compose=True)("大众朗逸") == [(0, 2), (2, 4)]  # no brand twice
+    labelled = [Sentence("1", "宝马4s店", []), Sentence("2", "帝豪ec7，宝马x7", [Aspect("帝豪ec7", "neu")]),
+                Sentence("3", "奥迪a6", [])]
+    # codes after a match, but not the ones a label joined to it (the list may lack 帝豪ec7: an entity file)
+    assert EntityMatcher(["宝马", "帝豪"]).codes_after(labelled) == {"4s", "x7"}
 
 
 def test_composition_learns_its_blocked_codes_from_training_text_and_carries_them(tmp_path):
@@ -209,6 +213,19 @@ def test_composition_learns_its_blocked_codes_from_training_text_and_carries_the
     assert other.blocked_codes == {"4s"}
     dataset = other.predict_dataset(str(_lines(tmp_path, ["宝马4s店的宝马x7很好。"])))
     assert [dataset.enc.sentences[0].text[a:b] for a, b in dataset.matches[0]] == ["宝马", "宝马x7"]
+
+
+def test_a_checkpoint_from_before_composition_keeps_its_matches_uncomposed(tmp_path, caplog):
+    write_contest(tmp_path, 60, seed=0)
+    data = BdciAbsa(root=str(tmp_path), min_count=1, compose_matches=True)
+    data.setup()
+    state = data.state_dict()
+    del state["blocked_codes"]
+    other = BdciAbsa(root=str(tmp_path), min_count=1, compose_matches=True)
+    other.load_state_dict(state)
+    assert not other.compose_matches and "predates dataset.compose_matches" in caplog.text
+    dataset = other.predict_dataset(str(_lines(tmp_path, ["宝马4s店。"])))
+    assert dataset.matches[0] == [(0, 2)]
 
 
 def _lines(folder, lines):

@@ -213,6 +213,8 @@ def test_tfidf_bag_targets_are_each_distinct_word_once_weighted_by_sublinear_cou
         assert np.allclose(w[kept], [expected[v] for v in y[kept]]) and not w[~kept].any()
     with pytest.raises(UserError, match="lm_mode=bag"):
         SentimentReviews(source="imdb", path=str(acl), lm_mode="bptt", lm_bag_weight="tfidf")
+    with pytest.raises(UserError, match="lm_mode=bag"):
+        ChunkDataset(data._enc, np.arange(3), 7, None, "first", shift=True).weigh_by(idf)
 
 
 # ---- state: vocabulary and pseudo-labels ----------------------------------------------------------------------------
@@ -357,8 +359,16 @@ def test_a_bag_of_words_is_scored_from_one_distribution_per_sample():
     assert correct >= 2 and full.compute()["acc"] == correct / 7
     weight = torch.tensor([[2.0, 0.5, 0.5, 9.0], [1.0, 1.0, 1.0, 3.0]])  # 9.0 sits on padding: never counted
     weights = [2.0, 0.5, 0.5, 1.0, 1.0, 1.0, 3.0]
-    nll = -sum(wt * float(logp[i, w]) for wt, (i, w) in zip(weights, targets)) / sum(weights)
-    assert math.isclose(float(full.loss(logits, {"y": y, "w": weight})), nll, rel_tol=1e-5)
+    for head, outputs, logp in ((adaptive, {"hidden": h}, adaptive.softmax.log_prob(h).detach()),
+                                (full, logits, logits.log_softmax(-1))):
+        nll = -sum(wt * float(logp[i, w]) for wt, (i, w) in zip(weights, targets)) / sum(weights)
+        correct = sum(wt for wt, (i, w) in zip(weights, targets) if int(logp[i].argmax()) == w)
+        assert math.isclose(float(head.loss(outputs, {"y": y, "w": weight}).detach()), nll, rel_tol=1e-5)
+        head.reset()
+        head.update(outputs, {"y": y, "w": weight})
+        metrics = head.compute()
+        assert math.isclose(metrics["loss"], nll, rel_tol=1e-5)
+        assert math.isclose(metrics["acc"], correct / sum(weights), rel_tol=1e-6)
     # one state with one target each (lm_mode=windows) is still next-word scoring, not a bag
     window_y = torch.tensor([3, 39])
     logp = adaptive.softmax.log_prob(h).detach()

@@ -66,8 +66,9 @@ class EntityMatcher:
     - a match that is a prefix of a longer entity (a brand: 大众, of 大众速腾) joins a match directly after it that
       is not one (大众 + 朗逸 -> 大众朗逸; 宝马 + 奥迪 stay two Views);
     - a match runs on over a model code directly after it (帝豪 + ec7 -> 帝豪ec7; 起亚k9 + 00 -> 起亚k900) when the
-      code has a letter or continues one the match ends in, holds no dot, and is not in `blocked`: the codes that
-      follow matches in the training text (4s, suv, 2016, 20t), which `codes_after` counts.
+      code has a letter or continues one the match ends in (so a year after 标致308 runs on too, unless blocked),
+      holds no dot, and is not in `blocked`: the codes that follow matches in the training text outside any
+      labelled View (4s, suv, 2016, 20t), which `codes_after` collects.
     """
 
     def __init__(self, entities: list[str], compose: bool = False, blocked: frozenset[str] = frozenset()):
@@ -78,7 +79,7 @@ class EntityMatcher:
                 self.automaton.add_word(e, len(e))
             self.automaton.make_automaton()
         self.compose, self.blocked = compose, blocked
-        ordered = sorted(entities)  # a prefix sorts directly before the first entity that extends it
+        ordered = sorted(set(entities))  # a prefix sorts directly before the first entity that extends it
         self.brands = {e for e, after in zip(ordered, ordered[1:]) if after.startswith(e)}
 
     def raw(self, text: str) -> list[tuple[int, int]]:
@@ -90,9 +91,13 @@ class EntityMatcher:
         spans = self.raw(text)
         return self._composed(text, spans) if self.compose else spans
 
-    def codes_after(self, texts: list[str]) -> set[str]:
-        """The model codes that directly follow a match in `texts`."""
-        return {m.group() for text in texts for _, b in self.raw(text) if (m := MODEL_CODE.match(text, b))}
+    def codes_after(self, sentences: list[Sentence]) -> frozenset[str]:
+        """The model codes that directly follow a match in labelled `sentences` and are no part of a View there."""
+        codes = set()
+        for s in sentences:
+            tags = sentence_tags(s)[0]
+            codes.update(m.group() for _, b in self.raw(s.text) if (m := MODEL_CODE.match(s.text, b)) and not tags[b])
+        return frozenset(codes)
 
     def _composed(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         joined: list[tuple[int, int]] = []
@@ -104,8 +109,9 @@ class EntityMatcher:
                 joined.append((a, b))
         out: list[tuple[int, int]] = []
         for a, b in joined:
-            if out and a < out[-1][1]:
-                continue  # inside the code the previous match ran on over
+            if out and a < out[-1][1]:  # inside the code the previous match ran on over
+                out[-1] = (out[-1][0], max(b, out[-1][1]))
+                continue
             code = MODEL_CODE.match(text, b)
             if code and "." not in code.group() and code.group() not in self.blocked and (
                     text[b - 1].isascii() and text[b - 1].isalnum() or any(c.isalpha() for c in code.group())):
@@ -379,7 +385,7 @@ class AbsaData(LazyDataModule):
         if self.entities is None:
             self.entities = sorted(self.train_views)
         if self.blocked_codes is None:
-            self.blocked_codes = frozenset(EntityMatcher(self.entities).codes_after([s.text for s in parts["train"]]))
+            self.blocked_codes = EntityMatcher(self.entities).codes_after(parts["train"])
         splits: dict[str, Dataset] = {}
         if self.view == "lm":
             for name in ("train", "val", "test"):
@@ -413,8 +419,9 @@ class AbsaData(LazyDataModule):
                 fold = np.random.default_rng([self.split_seed, 1]).permutation(len(train)) % self.match_folds
                 matches = [None] * len(train)
                 for k in range(self.match_folds):
-                    views = sorted({a.term for s, f in zip(train, fold) if f != k for a in s.aspects or []})
-                    other = self._matcher(views)
+                    others = [s for s, f in zip(train, fold) if f != k]
+                    views = sorted({a.term for s in others for a in s.aspects or []})
+                    other = EntityMatcher(views, self.compose_matches, EntityMatcher(views).codes_after(others))
                     for i in np.flatnonzero(fold == k).tolist():
                         matches[i] = other(train[i].text)
             matches += [matcher(s.text) for s in pseudo]
@@ -473,6 +480,9 @@ class AbsaData(LazyDataModule):
         if not self.entities_file:  # an entity list given in the config wins over the checkpoint's
             self.entities = list(state["entities"])
         self.blocked_codes = frozenset(state.get("blocked_codes", ()))
+        if "blocked_codes" not in state and self.compose_matches:
+            log.warning("the checkpoint predates dataset.compose_matches: its matches are not composed")
+            self.compose_matches = False
         self.pseudo = state.get("pseudo")
         self._splits = None  # (re)built with this state when first asked for
 

@@ -242,13 +242,14 @@ class ChunkDataset(Dataset):
     token, y = the piece shifted by one. `shift=False` (bag of words): pieces of at most `bptt` tokens, none shared;
     x = y = the piece.
 
-    `idf` (bag of words only), one weight per vocabulary id: each distinct word of a piece is then a target once, and
-    `w` weighs it by (1 + log of its count in the piece) x its idf, the sublinear TF-IDF that latent semantic analysis
-    factorises, so that the words every piece holds do not dominate the objective (`document_frequency` counts them)."""
+    `weigh_by(idf)` (bag of words only), one weight per vocabulary id: each distinct word of a piece is then a target
+    once, and `w` weighs it by (1 + log of its count in the piece) x its idf, the sublinear TF-IDF that latent
+    semantic analysis factorises, so that the words every piece holds do not dominate the objective
+    (`document_frequency` counts them)."""
 
     def __init__(self, enc: Encoded, docs: np.ndarray, bptt: int, max_len: int | None, keep: str,
-                 shift: bool = True, idf: np.ndarray | None = None):
-        self.idf = idf
+                 shift: bool = True):
+        self.idf: np.ndarray | None = None
         if bptt < 1:
             raise UserError(f"dataset.bptt={bptt} must be >= 1")
         starts, lengths = window(enc, docs, max_len, keep)
@@ -285,9 +286,15 @@ class ChunkDataset(Dataset):
         batch["y"] = torch.from_numpy(y.astype(np.int64))
         return batch
 
+    def weigh_by(self, idf: np.ndarray) -> None:
+        if self.shift:
+            raise UserError("TF-IDF weights are for bag-of-words targets (dataset.lm_mode=bag)")
+        self.idf = idf
+
     def document_frequency(self, vocab_size: int) -> np.ndarray:
-        """How many pieces hold each id at least once (padding and unknown ids included)."""
-        piece = np.repeat(np.arange(len(self.starts)), self.lens)
+        """How many pieces hold each id at least once, one entry per id. Transient memory: a few int64 arrays as
+        long as the split's tokens (~1 GB for IMDB's 27M), once per run."""
+        piece = np.repeat(np.arange(len(self.starts), dtype=np.int64), self.lens)
         pos = np.repeat(self.starts - np.cumsum(self.lens) + self.lens, self.lens) + np.arange(self.lens.sum())
         pairs = np.unique(piece * vocab_size + self.tokens[pos])
         return np.bincount(pairs % vocab_size, minlength=vocab_size)
@@ -405,13 +412,15 @@ class SentimentReviews(LazyDataModule):
             docs = docs[np.random.default_rng([self.split_seed, 1]).permutation(len(docs))]
             val, train = np.sort(docs[: self.lm_val_docs]), np.sort(docs[self.lm_val_docs :])
             splits = {"train": self._lm_dataset(train)}
-            idf = None
+            if len(val):
+                splits["val"] = self._lm_dataset(val)
             if self.lm_bag_weight == "tfidf":  # smoothed as scikit-learn's; the training pieces' idf, for both splits
                 df = splits["train"].document_frequency(len(self.vocab))
-                splits["train"].idf = idf = np.log((1 + len(splits["train"])) / (1 + df)) + 1
-                log.info(f"bag targets weighted by sublinear TF-IDF (idf {idf.min():.2f} to {idf.max():.2f})")
-            if len(val):
-                splits["val"] = self._lm_dataset(val, idf)
+                idf = np.log((1 + len(splits["train"])) / (1 + df)) + 1
+                for split in splits.values():
+                    split.weigh_by(idf)
+                log.info(f"bag targets weighted by sublinear TF-IDF (idf {idf.min():.2f} to {idf.max():.2f}); the LM's "
+                         "loss, perplexity and accuracy are weighted too")
             return splits
         val, train = chosen[: self.val_size], chosen[self.val_size :]
         splits = {"train": self._train_dataset(train)}
@@ -423,10 +432,10 @@ class SentimentReviews(LazyDataModule):
             splits["unlabelled"] = ReviewDataset(enc, pool, None, self.max_len, self.keep, by_length=True)
         return splits
 
-    def _lm_dataset(self, docs: np.ndarray, idf: np.ndarray | None = None) -> Dataset:
+    def _lm_dataset(self, docs: np.ndarray) -> Dataset:
         if self.lm_mode in ("bptt", "bag"):
             return ChunkDataset(self._enc, docs, self.bptt, self.lm_max_len, self.lm_keep,
-                                shift=self.lm_mode == "bptt", idf=idf)
+                                shift=self.lm_mode == "bptt")
         starts, lengths = window(self._enc, docs, self.lm_max_len, self.lm_keep)
         return NextTokenWindows([self._enc.ids[s : s + n] for s, n in zip(starts, lengths)], self.window,
                                 pad_id=PAD)
