@@ -3,11 +3,14 @@
 on the task's own splits (the same DataModule, so the same sentences).
 
     python bench/absa_dictionary_baseline.py [--data-dir DATA (default: data)] [--round final|first]
-        [--test-views random|unseen] [--split test|val] [--polarity neu|majority] [--compose no yes]
+        [--test-views random|unseen] [--split test|val|folds] [--polarity neu|majority] [--compose no yes]
+        [--errors]
 
 `--polarity majority` gives each match the polarity its View most often has in training instead (a stronger
 floor); `--compose yes` joins the matches into Views the list lacks, as `dataset.compose_matches` does (brand +
-model, model + code; datasets/absa.py EntityMatcher). Prints one table row per setting and the wall time.
+model, model + code; datasets/absa.py EntityMatcher). `--split folds` scores the training split out of fold: each
+fifth with the dictionary of the other four (the folds of `dataset.match_feature`). `--errors` adds the errors by
+kind under each row. Prints one table row per setting and the wall time.
 """
 from __future__ import annotations
 
@@ -23,28 +26,56 @@ from trainer.models.heads.absa_score import COUNTS, scores, sentence_counts
 from trainer.models.heads.entity_polarity import pairs_of
 
 
+FOLDS = 5
+
+
 def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, compose: bool) -> dict[str, float]:
     data = BdciAbsa(root=str(Path(data_dir) / "absa-bdci2016"), round=round_,
                     unknown_ids="skip" if round_ == "first" else "error", test_views=test_views)
     parts = data._parts()
     train = parts["train"]
+    if split != "folds":
+        counts, errors = score(train, parts[split], polarity, compose)
+        n = len(parts[split])
+    else:  # each fifth of the training split, matched with the other four fifths' Views (the DataModule's folds)
+        fold = np.random.default_rng([data.split_seed, 1]).permutation(len(train)) % FOLDS
+        counts, errors = np.zeros(len(COUNTS), dtype=np.int64), collections.Counter()
+        for k in range(FOLDS):
+            c, e = score([s for s, f in zip(train, fold) if f != k], [s for s, f in zip(train, fold) if f == k],
+                         polarity, compose)
+            counts, errors = counts + c, errors + e
+        n = len(train)
+    out = scores(counts.tolist())
+    out["sentences"], out["errors"] = n, errors
+    return out
+
+
+def score(train: list, sentences: list, polarity: str, compose: bool) -> tuple[np.ndarray, collections.Counter]:
+    """The metric's counts over `sentences` for the dictionary of `train`'s Views, and its errors by kind: Views
+    missed (seen in training or not) and extra Views (a piece of a missed unseen View, or not)."""
     views = sorted({a.term for s in train for a in s.aspects})
     usual = {}
     for view, counter in _polarity_counts(train).items():
         usual[view] = counter.most_common(1)[0][0]
-    matcher = EntityMatcher(views, compose, EntityMatcher(views).codes_after(train))
+    matcher = EntityMatcher(views, compose)
+    matcher.blocked = matcher.codes_after(train)
     train_views = frozenset(views)
     counts = np.zeros(len(COUNTS), dtype=np.int64)
-    for s in parts[split]:
+    errors: collections.Counter = collections.Counter()
+    for s in sentences:
         spans = matcher(s.text)
         tags = [1 + ("pos", "neu", "neg").index(usual.get(s.text[a:b], "neu") if polarity == "majority" else "neu")
                 for a, b in spans]
         pred = pairs_of(s.text, [(a, b, t) for (a, b), t in zip(spans, tags)])
         gold = gold_pairs(s)
         counts += sentence_counts(gold, pred, [v not in train_views for v, _ in gold])
-    out = scores(counts.tolist())
-    out["sentences"] = len(parts[split])
-    return out
+        found, wanted = {v for v, _ in pred}, {v for v, _ in gold}
+        missed = wanted - found
+        errors.update("missed, unseen" if v not in train_views else "missed, seen" for v in missed)
+        errors.update("extra, a piece of a missed unseen View"
+                      if any(v in m for m in missed if m not in train_views) else "extra, other"
+                      for v in found - wanted)
+    return counts, errors
 
 
 def _polarity_counts(sentences) -> dict[str, collections.Counter]:
@@ -60,7 +91,8 @@ def main() -> None:
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--round", nargs="+", default=["final", "first"])
     ap.add_argument("--test-views", nargs="+", default=["random", "unseen"])
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="test", choices=["test", "val", "folds"])
+    ap.add_argument("--errors", action="store_true")
     ap.add_argument("--polarity", nargs="+", default=["neu", "majority"])
     ap.add_argument("--compose", nargs="+", default=["no"], choices=["no", "yes"])
     args = ap.parse_args()
@@ -77,6 +109,8 @@ def main() -> None:
                     print(f"| {round_} | {test_views} | {polarity} | {compose} | {m['sentences']} | {m['f1']:.4f} | "
                           f"{m['entity_f1']:.4f} | {m['polarity_acc']:.4f} | {unseen} | "
                           f"({time.perf_counter() - t0:.1f} s)")
+                    if args.errors:
+                        print("  errors: " + ", ".join(f"{k} {v}" for k, v in sorted(m["errors"].items())))
 
 
 if __name__ == "__main__":

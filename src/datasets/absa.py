@@ -421,7 +421,9 @@ class AbsaData(LazyDataModule):
                 for k in range(self.match_folds):
                     others = [s for s, f in zip(train, fold) if f != k]
                     views = sorted({a.term for s in others for a in s.aspects or []})
-                    other = EntityMatcher(views, self.compose_matches, EntityMatcher(views).codes_after(others))
+                    other = EntityMatcher(views, self.compose_matches)
+                    if self.compose_matches:  # the codes these folds show, as the list is theirs
+                        other.blocked = other.codes_after(others)
                     for i in np.flatnonzero(fold == k).tolist():
                         matches[i] = other(train[i].text)
             matches += [matcher(s.text) for s in pseudo]
