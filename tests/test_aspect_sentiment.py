@@ -368,6 +368,26 @@ def test_the_tagger_returns_its_states_and_its_span_classifier_on_request():
     assert isinstance(out["span"], SpanPolarity) and "transitions" not in out
     out = BiGRUTagger(10, embedding_dim=8, hidden=[6, 4], span_classifier=True, span_embedding=True, crf=True)(x)
     assert out["states"].shape == (2, 4, 18) and "transitions" in out  # the embedding's 8 as well
+    out = BiGRUTagger(10, embedding_dim=8, hidden=[6, 4], span_classifier=True, span_states=False, span_ngrams=50,
+                      span_ngram_dim=3)(x)
+    assert out["states"].shape == (2, 4, 3)  # the n-gram bag alone
+    with pytest.raises(UserError, match="reads nothing"):
+        BiGRUTagger(10, span_classifier=True, span_states=False)
+
+
+def test_hashed_ngrams_are_the_same_wherever_the_same_characters_start_and_stop_at_the_padding():
+    from trainer.models.span_polarity import HashedCharNgrams
+
+    torch.manual_seed(0)
+    ngrams = HashedCharNgrams(buckets=1000, dim=4, max_order=3)
+    x = torch.tensor([[5, 6, 7, 0, 0], [9, 5, 6, 7, 0], [5, 6, 8, 0, 0]])
+    out = ngrams(x)
+    assert torch.equal(out[0, 0], out[1, 1])  # 5, 56, 567 both
+    assert not torch.allclose(out[0, 0], out[2, 0])  # 567 against 568
+    assert torch.equal(out[0, 1], out[1, 2]) and torch.equal(out[0, 2], out[1, 3])  # 6, 67 / 7 alone: no pad n-gram
+    assert not out[0, 3:].any()
+    unigram_row = ngrams.embedding.weight[(7 + 1) * ngrams._MULTIPLIER % ngrams._PRIME % 1000]
+    assert torch.equal(out[0, 2], unigram_row)
 
 
 def right_context_classifier(neutral_bias: float = 0.0) -> SpanPolarity:

@@ -7,7 +7,9 @@ our variant: other widths, `merge: concat`, dropout, and `crf: true`, which adds
 scores (the head then trains a linear-chain CRF and decodes with them), and `span_classifier: true`, a polarity
 classifier per View (`trainer.models.span_polarity.SpanPolarity`: `span_hidden`, `span_context`,
 `span_attention`, `span_dropout`) over every BiGRU layer's outputs, concatenated (with `span_embedding: true`, the
-character embedding as well, so that it sees the characters themselves, 好 or 差); it is part of the model so that its
+character embedding as well, so that it sees the characters themselves, 好 or 差; with `span_ngrams: B`, a bag of
+hashed character 1- to 3-grams in B buckets of `span_ngram_dim` (`HashedCharNgrams`); with `span_states: false`, not
+the BiGRU layers, so that it is a classifier of its own beside the tagger); it is part of the model so that its
 weights and settings travel with the checkpoint, and the head calls it on the spans it decodes.
 
 Outputs: the (W, T, num_outputs) scores alone, or a dict with them as "emissions", plus "transitions", "start",
@@ -26,7 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from trainer.errors import UserError
 
-from .span_polarity import SpanPolarity
+from .span_polarity import HashedCharNgrams, SpanPolarity
 
 
 class BiGRUTagger(nn.Module):
@@ -34,7 +36,8 @@ class BiGRUTagger(nn.Module):
                  hidden: Sequence[int] = (64, 32), merge: str = "sum", dropout: float = 0.0,
                  embedding_dropout: float = 0.0, crf: bool = False, num_tags: int = 4, match_flags: int = 0,
                  match_dim: int = 8, span_classifier: bool = False, span_hidden: int = 64, span_context: int = 10,
-                 span_attention: bool = True, span_dropout: float = 0.1, span_embedding: bool = False):
+                 span_attention: bool = True, span_dropout: float = 0.1, span_embedding: bool = False,
+                 span_states: bool = True, span_ngrams: int = 0, span_ngram_dim: int = 32):
         super().__init__()
         if merge not in ("sum", "concat"):
             raise UserError(f"model.merge={merge}: must be sum (directions added) or concat")
@@ -54,15 +57,20 @@ class BiGRUTagger(nn.Module):
         self.grus = nn.ModuleList(layers)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(width, num_outputs)
-        self.span = None
+        self.span, self.ngrams = None, None
         if span_classifier:  # every layer's outputs, not only the last: the first is closer to the characters
-            states = sum(h if merge == "sum" else 2 * h for h in hidden) + (embedding_dim if span_embedding else 0)
+            states = ((sum(h if merge == "sum" else 2 * h for h in hidden) if span_states else 0)
+                      + (embedding_dim if span_embedding else 0) + (span_ngram_dim if span_ngrams else 0))
+            if not states:
+                raise UserError("model.span_classifier reads nothing: set span_states, span_embedding or span_ngrams")
             self.span = SpanPolarity(states, span_hidden, span_context, span_attention, span_dropout)
+            if span_ngrams:
+                self.ngrams = HashedCharNgrams(span_ngrams, span_ngram_dim)
         if crf:
             self.transitions = nn.Parameter(torch.zeros(num_tags, num_tags))
             self.start = nn.Parameter(torch.zeros(num_tags))
             self.end = nn.Parameter(torch.zeros(num_tags))
-        self.crf, self.num_tags, self.span_embedding = crf, num_tags, span_embedding
+        self.crf, self.num_tags, self.span_embedding, self.span_states = crf, num_tags, span_embedding, span_states
 
     def forward(self, x: torch.Tensor) -> Any:
         flags = None
@@ -70,7 +78,7 @@ class BiGRUTagger(nn.Module):
             x, flags = x[..., 0], x[..., 1]
         lengths = (x != 0).sum(1).clamp(min=1).cpu()
         h = self.embedding_dropout(self.embedding(x))
-        layers = [h] if self.span_embedding else []
+        span_inputs = [h] if self.span_embedding else []
         if self.match_flags:
             if flags is None:
                 raise UserError("model.match_flags is set but the data carries no match flags "
@@ -84,7 +92,8 @@ class BiGRUTagger(nn.Module):
                 half = out.shape[-1] // 2
                 out = out[..., :half] + out[..., half:]
             h = self.dropout(out)
-            layers.append(h)
+            if self.span_states:
+                span_inputs.append(h)
         scores = self.out(h)
         if not (self.crf or self.span is not None):
             return scores
@@ -92,5 +101,7 @@ class BiGRUTagger(nn.Module):
         if self.crf:
             outputs.update(transitions=self.transitions, start=self.start, end=self.end)
         if self.span is not None:
-            outputs.update(states=torch.cat(layers, -1), span=self.span)
+            if self.ngrams is not None:
+                span_inputs.append(self.ngrams(x))
+            outputs.update(states=torch.cat(span_inputs, -1), span=self.span)
         return outputs

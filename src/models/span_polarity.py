@@ -18,6 +18,11 @@ spans it decodes, which are known only after decoding. `neutral_bias`, added to 
 a buffer saved with it: the head may choose it on validation (`head.neutral_bias_grid`).
 
 `gold_spans` reads the spans to train on from a batch's tags: each maximal run of one non-zero tag.
+
+`HashedCharNgrams` gives the classifier other states to read: at each position, the summed embeddings of the
+character n-grams that start there, hashed into a fixed number of buckets, as fastText (Joulin et al., 2016, "Bag
+of Tricks for Efficient Text Classification") represents text. Averaged over the context, they are a bag of the
+n-grams around the View, the features of a TF-IDF linear model, learned end to end.
 """
 from __future__ import annotations
 
@@ -112,6 +117,34 @@ class SpanPolarity(nn.Module):
         if not len(spans):  # every parameter in the graph: DDP expects a gradient for each, on every rank
             return states.sum() * 0.0 + sum(p.sum() for p in self.parameters()) * 0.0
         return F.cross_entropy(self(states, spans, lengths), spans[:, 3] - 1, weight=class_weight)
+
+
+class HashedCharNgrams(nn.Module):
+    """(W, T, dim) per-position sums of the embeddings of the character n-grams (orders 1..max_order) that start at
+    each position of (W, T) character ids (0: padding), each n-gram hashed into one of `buckets` rows. An n-gram
+    that runs into the padding adds nothing."""
+
+    # a polynomial hash modulo a prime, small enough that no product leaves int64
+    _MULTIPLIER, _PRIME = 0x5BD1E995, (1 << 31) - 1
+
+    def __init__(self, buckets: int, dim: int = 32, max_order: int = 3):
+        super().__init__()
+        if buckets < 1 or dim < 1 or max_order < 1:
+            raise ValueError(f"buckets={buckets}, dim={dim}, max_order={max_order}: each must be >= 1")
+        self.buckets, self.max_order = buckets, max_order
+        self.embedding = nn.Embedding(buckets, dim)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.long()
+        key, real = torch.zeros_like(ids), torch.ones_like(ids, dtype=torch.bool)
+        out = 0.0
+        for n in range(self.max_order):
+            shifted = F.pad(ids[:, n:], (0, n))  # the n-th character after each position (0 past the end)
+            key = (key + shifted + 1) * self._MULTIPLIER % self._PRIME
+            real = real & (shifted != 0)
+            out = out + self.embedding((key + n) % self.buckets) * real[..., None]
+        return out
 
 
 def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
