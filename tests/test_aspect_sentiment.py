@@ -390,6 +390,21 @@ def test_hashed_ngrams_are_the_same_wherever_the_same_characters_start_and_stop_
     assert torch.equal(out[0, 2], unigram_row)
 
 
+def test_a_span_classifier_without_inside_reads_the_context_alone():
+    torch.manual_seed(0)
+    for attention in (False, True):
+        span = SpanPolarity(input_dim=3, context=2, attention=attention, inside=False).eval()
+        states = torch.randn(1, 7, 3)
+        changed = states.clone()
+        changed[0, 2:4] += 5.0  # the span's own states
+        spans, lengths = torch.tensor([[0, 2, 4]]), torch.tensor([7])
+        assert torch.allclose(span(states, spans, lengths), span(changed, spans, lengths))
+        changed[0, 4] += 5.0  # the character after it
+        assert not torch.allclose(span(states, spans, lengths), span(changed, spans, lengths))
+    with pytest.raises(ValueError, match="context=0"):
+        SpanPolarity(input_dim=3, context=0, inside=False)
+
+
 def right_context_classifier(neutral_bias: float = 0.0) -> SpanPolarity:
     """A span classifier that reads only the mean state after the span: positive when it is positive, negative
     when negative, neutral (score 0.5) otherwise."""

@@ -9,7 +9,8 @@ classifier per View (`trainer.models.span_polarity.SpanPolarity`: `span_hidden`,
 `span_attention`, `span_dropout`) over every BiGRU layer's outputs, concatenated (with `span_embedding: true`, the
 character embedding as well, so that it sees the characters themselves, 好 or 差; with `span_ngrams: B`, a bag of
 hashed character 1- to 3-grams in B buckets of `span_ngram_dim` (`HashedCharNgrams`); with `span_states: false`, not
-the BiGRU layers, so that it is a classifier of its own beside the tagger); it is part of the model so that its
+the BiGRU layers, so that it is a classifier of its own beside the tagger; with `span_inside: false`, only the
+context); it is part of the model so that its
 weights and settings travel with the checkpoint, and the head calls it on the spans it decodes.
 
 Outputs: the (W, T, num_outputs) scores alone, or a dict with them as "emissions", plus "transitions", "start",
@@ -37,7 +38,7 @@ class BiGRUTagger(nn.Module):
                  embedding_dropout: float = 0.0, crf: bool = False, num_tags: int = 4, match_flags: int = 0,
                  match_dim: int = 8, span_classifier: bool = False, span_hidden: int = 64, span_context: int = 10,
                  span_attention: bool = True, span_dropout: float = 0.1, span_embedding: bool = False,
-                 span_states: bool = True, span_ngrams: int = 0, span_ngram_dim: int = 32):
+                 span_states: bool = True, span_ngrams: int = 0, span_ngram_dim: int = 32, span_inside: bool = True):
         super().__init__()
         if merge not in ("sum", "concat"):
             raise UserError(f"model.merge={merge}: must be sum (directions added) or concat")
@@ -63,7 +64,7 @@ class BiGRUTagger(nn.Module):
                       + (embedding_dim if span_embedding else 0) + (span_ngram_dim if span_ngrams else 0))
             if not states:
                 raise UserError("model.span_classifier reads nothing: set span_states, span_embedding or span_ngrams")
-            self.span = SpanPolarity(states, span_hidden, span_context, span_attention, span_dropout)
+            self.span = SpanPolarity(states, span_hidden, span_context, span_attention, span_dropout, span_inside)
             if span_ngrams:
                 self.ngrams = HashedCharNgrams(span_ngrams, span_ngram_dim)
         if crf:

@@ -10,7 +10,9 @@ the `context` characters before it, the span, the `context` characters after it.
 Its features are the mean and the max of the states over the span, the means over the left and the right context,
 and (with `attention`) an attention-weighted mean over the window, the query made from the span's mean and a
 learned score per position relative to the span (so that "很好" just after the View can weigh more than a word
-ten characters away). A hidden layer maps them to the three polarity scores (positive, neutral, negative).
+ten characters away). With `inside: false` the span's own states are left out (the mean and the max, and the span
+in the attention's window, whose query is then the context's mean): the polarity is read from what is said around
+the View, not from which View it is. A hidden layer maps them to the three polarity scores (positive, neutral, negative).
 
 The classifier is part of the model (`model.span_classifier`, see `trainer.models.bigru_tagger`), so that its
 weights and its config travel with the checkpoint; the model returns it in its outputs and the head calls it on the
@@ -50,14 +52,14 @@ class SpanPolarity(nn.Module):
     ema_skip = ("neutral_bias",)  # chosen on validation, not trained: a weight average must not blend it
 
     def __init__(self, input_dim: int, hidden: int = 64, context: int = 10, attention: bool = True,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, inside: bool = True):
         super().__init__()
         if input_dim < 1:
             raise ValueError(f"input_dim={input_dim}: must be >= 1")
-        if context < 0:
-            raise ValueError(f"context={context}: must be >= 0")
-        self.context, self.attention = context, attention
-        parts = 5 if attention else 4
+        if context < 0 or not inside and context < 1:
+            raise ValueError(f"context={context}: must be >= 0 (>= 1 when the span itself is not read)")
+        self.context, self.attention, self.inside = context, attention, inside
+        parts = (4 if inside else 2) + attention
         if attention:
             self.query = nn.Linear(input_dim, input_dim)
             # one learned score per position relative to the span: -context..-1 before, 0 inside, 1..context after
@@ -86,10 +88,13 @@ class SpanPolarity(nn.Module):
         """(K, parts * D) pooled features of each span (see the module docstring)."""
         h, valid, rel = self.windows(states, spans, lengths)
         inside, left, right = valid & (rel == 0), valid & (rel < 0), valid & (rel > 0)
-        pooled = [_mean(h, inside), h.masked_fill(~inside[..., None], float("-inf")).amax(1), _mean(h, left),
-                  _mean(h, right)]
+        pooled = [_mean(h, left), _mean(h, right)]
+        if self.inside:
+            pooled = [_mean(h, inside), h.masked_fill(~inside[..., None], float("-inf")).amax(1)] + pooled
+        else:
+            valid = valid & ~inside
         if self.attention:
-            q = self.query(pooled[0])  # (K, D)
+            q = self.query(pooled[0] if self.inside else _mean(h, valid))  # (K, D)
             score = (h * q[:, None, :]).sum(-1) / h.shape[-1] ** 0.5
             score = score + self.position[(rel + self.context).clamp(0, 2 * self.context)]
             weight = score.masked_fill(~valid, float("-inf")).softmax(1)
