@@ -8,13 +8,15 @@ on the task's own splits (the same DataModule, so the same sentences).
 
 `--polarity majority` gives each match the polarity its View most often has in training instead (a stronger floor);
 `--polarity context` decides each match's polarity from the text around it: a logistic regression on the TF-IDF of
-the character 1- to 3-grams of the 40 characters each side (the View itself masked), trained on every mention of the
-training split's Views, its C chosen by 5-fold cross-validation (scikit-learn, the `bench` extra): the simple strong
+the character 1- to 3-grams of the 40 characters each side (the View itself masked), trained on the training split's
+gold spans (every mention of its Views, tagged as the model's training tags them), its C chosen by 5-fold cross-validation (scikit-learn, the `bench` extra): the simple strong
 baseline for the polarity half of the task. `--compose yes` joins the matches into Views the list lacks, as
 `dataset.compose_matches` does (brand + model, model + code; datasets/absa.py EntityMatcher). `--split folds` scores
 the training split out of fold: each fifth with the dictionary of the other four (the folds of
 `dataset.match_feature`). `--errors` adds the errors by kind under each row. Prints one table row per setting and
-the wall time. """ from __future__ import annotations
+the wall time.
+"""
+from __future__ import annotations
 
 import argparse
 import collections
@@ -22,10 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from trainer.datasets.absa import BdciAbsa, EntityMatcher, gold_pairs
+from trainer.datasets.absa import BdciAbsa, EntityMatcher, gold_pairs, sentence_tags
 from trainer.models.heads.absa_score import COUNTS, scores, sentence_counts
 from trainer.models.heads.entity_polarity import pairs_of
+from trainer.models.span_polarity import gold_spans
 
 
 FOLDS = 5
@@ -95,16 +99,16 @@ class ContextPolarity:
 
         self.context = context
         texts, labels = [], []
-        for s in train:
-            for a in s.aspects:
-                for start in _mentions(s.text, a.term):
-                    texts.append(self._window(s.text, start, start + len(a.term)))
-                    labels.append(POLARITY.index(a.polarity) + 1)
+        for s in train:  # the spans the model trains on: each run of one tag over the labelled mentions
+            for _, a, b, tag in gold_spans(torch.from_numpy(sentence_tags(s)[0])[None]).tolist():
+                texts.append(self._window(s.text, a, b))
+                labels.append(tag)
         self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
         x = self.vectorizer.fit_transform(texts)
         search = GridSearchCV(LogisticRegression(max_iter=2000), {"C": list(grid)},
                               cv=StratifiedKFold(5, shuffle=True, random_state=0))
         self.model = search.fit(x, labels).best_estimator_
+        print(f"  context polarity: {len(texts):,} training spans, C={search.best_params_['C']} by 5-fold CV")
 
     def _window(self, text: str, a: int, b: int) -> str:
         return text[max(0, a - self.context) : a] + "\u2588" + text[b : b + self.context]
@@ -113,14 +117,6 @@ class ContextPolarity:
         if not spans:
             return []
         return self.model.predict(self.vectorizer.transform([self._window(text, a, b) for a, b in spans])).tolist()
-
-
-def _mentions(text: str, term: str) -> list[int]:
-    out, at = [], text.find(term)
-    while at >= 0:
-        out.append(at)
-        at = text.find(term, at + len(term))
-    return out
 
 
 def _polarity_counts(sentences) -> dict[str, collections.Counter]:
