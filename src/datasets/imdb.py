@@ -311,8 +311,6 @@ class ChunkDataset(Dataset):
     def pair_counts(self, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
         """The distinct keys (first id x `vocab_size` + second id) of the pairs of neighbouring words inside the
         pieces, and how often each occurs. Transient memory as `document_frequency`'s."""
-        if self.shift:
-            raise UserError("word-pair targets are for bag-of-words targets (dataset.lm_mode=bag)")
         pos = self._positions()
         last = np.cumsum(self.lens) - 1  # a piece's last token starts no pair inside it
         first = np.delete(pos, last)
