@@ -340,3 +340,13 @@ def test_non_finite_guard_catches_weights_that_overflowed_while_the_loss_stayed_
     g.check(2, "", {"bn.running_var": torch.ones(3), "bn.num_batches_tracked": torch.tensor(2)})
     with pytest.raises(NonFiniteLossError, match="weights .* became NaN/inf at step 4"):
         g.check(4, "", {"bn.running_var": torch.tensor([1.0, float("inf")])})
+
+
+def test_every_bench_script_compiles():
+    # bench/ runs outside the test suite (its measurements take minutes); a syntax error there would go unseen
+    from pathlib import Path
+
+    scripts = sorted((Path(__file__).parent.parent / "bench").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        compile(script.read_text(encoding="utf-8"), str(script), "exec")
