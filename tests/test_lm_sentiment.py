@@ -343,6 +343,28 @@ def test_the_classifier_ignores_padding_and_shares_the_lm_encoder_names(encoder)
     assert torch.allclose(h[0, :3], h[1, :3], atol=1e-6)
 
 
+def test_the_bag_read_out_sums_word_and_pair_weights_over_the_root_of_their_count():
+    torch.manual_seed(0)
+    clf = ReviewClassifier(BagWindowEncoder(50, 8, 12, 3), pooling="concat", hidden_units=0, dropout=0.0,
+                           bag=True, bag_pair_buckets=7).eval()
+    with torch.no_grad():
+        clf.bag.weight.normal_()
+        clf.bag.weight[PAD] = 0.0
+    x = torch.tensor([[5, 6, 5, 6, 0, 0], [9, 0, 0, 0, 0, 0]])
+    w = clf.bag.weight[:, 0]
+
+    def pair(a: int, b: int) -> int:
+        return 50 + (a * 50 + b) * 2654435761 % 7
+
+    # review 1: words 5 6 5 6 and pairs (5,6) (6,5) (5,6): seven entries; review 2: one word, no pair
+    want = torch.stack([(w[5] * 2 + w[6] * 2 + w[pair(5, 6)] * 2 + w[pair(6, 5)]) / math.sqrt(7), w[9]])
+    assert torch.allclose(clf.bag_logit(x), want, atol=1e-6)
+    plain = ReviewClassifier(BagWindowEncoder(50, 8, 12, 3), pooling="concat", hidden_units=0, dropout=0.0).eval()
+    plain.load_state_dict({k: v for k, v in clf.state_dict().items() if not k.startswith("bag.")})
+    assert torch.allclose(clf(x), plain(x) + want, atol=1e-6)
+    assert torch.allclose(clf(x[:1, :4]), clf(x[:1]), atol=1e-6)  # padding adds nothing
+
+
 def test_the_adaptive_softmax_perplexity_is_exact():
     torch.manual_seed(0)
     head = AdaptiveSoftmaxHead(hidden=8, vocab_size=40, cutoffs=[0.25, 0.5], div_value=2.0)

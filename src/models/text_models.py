@@ -11,7 +11,10 @@
 - `ReviewClassifier`: the encoder reads a review (right-padded); its states are pooled (`last`: the state after
   the last word, what the original's Keras LSTM returned; `concat`: last, max and mean over the words, ULMFiT's
   concat pooling, Howard & Ruder 2018); then Dense `hidden_units` + ReLU (none when 0), dropout, one logit (the
-  original: Dense 10, ReLU, dropout 0.5, sigmoid).
+  original: Dense 10, ReLU, dropout 0.5, sigmoid). With `bag=true` a linear bag-of-words read-out sits beside it
+  (wide and deep, Cheng et al. 2016): one weight per word, and per hashed pair of neighbouring words when
+  `bag_pair_buckets` > 0, summed over the review's distinct and repeated entries, divided by the square root of
+  their number and added to the logit: the features TF-IDF + logistic regression reads, trained with the rest.
 """
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ class LanguageModel(nn.Module):
 
 
 class ReviewClassifier(nn.Module):
-    def __init__(self, encoder: nn.Module, pooling: str = "last", hidden_units: int = 10, dropout: float = 0.5):
+    def __init__(self, encoder: nn.Module, pooling: str = "last", hidden_units: int = 10, dropout: float = 0.5,
+                 bag: bool = False, bag_pair_buckets: int = 0):
         super().__init__()
         if pooling not in ("last", "concat"):
             raise ValueError(f"pooling={pooling} is not last or concat")
@@ -53,6 +57,11 @@ class ReviewClassifier(nn.Module):
             features = hidden_units
         layers += [nn.Dropout(dropout), nn.Linear(features, 1)]
         self.classifier = nn.Sequential(*layers)
+        self.vocab_size, self.bag_pair_buckets = encoder.embedding.num_embeddings, bag_pair_buckets
+        self.bag = None
+        if bag:
+            self.bag = nn.Embedding(self.vocab_size + bag_pair_buckets, 1, padding_idx=PAD)
+            nn.init.zeros_(self.bag.weight)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(x)
@@ -67,8 +76,22 @@ class ReviewClassifier(nn.Module):
         top = torch.where(lengths > 0, top, torch.zeros_like(top))
         return torch.cat([last, top, mean], -1)
 
+    def bag_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) the bag-of-words read-out: its weights summed over the words (and word pairs), over sqrt(count)."""
+        ids = x
+        if self.bag_pair_buckets:
+            # a fixed multiplicative hash of (word, next word) into the buckets after the vocabulary
+            key = (x[:, :-1] * self.vocab_size + x[:, 1:]) * 2654435761 % self.bag_pair_buckets + self.vocab_size
+            pairs = key.masked_fill((x[:, :-1] == PAD) | (x[:, 1:] == PAD), PAD)
+            ids = torch.cat([x, pairs], 1)
+        count = (ids != PAD).sum(1).clamp(min=1)
+        return self.bag(ids).squeeze(-1).sum(1) / count.to(self.bag.weight.dtype).sqrt()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(x)).squeeze(-1)
+        logit = self.classifier(self.pool(x)).squeeze(-1)
+        if self.bag is not None:
+            logit = logit + self.bag_logit(x)
+        return logit
 
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
