@@ -6,7 +6,10 @@ protocol, becomes three feature vectors, each scored by logistic regression with
 labels (bench/lm_sentiment_baselines.py's `logistic_cv`, standardised features, C from 1e-4 to 100):
   embedding: the mean of the encoder's word embeddings over the review (a bag of pretrained word vectors);
   states:    the mean and max of the encoder's states over the review;
-  both:      the two side by side.
+  both:      the two side by side;
+  states + tfidf: the states' regression and bench/lm_sentiment_baselines.py's TF-IDF one (word 1-2-grams of the
+             labelled reviews) averaged in probability: whether the LM's features and a bag of words are wrong
+             on different reviews, so that a classifier reading both would gain.
 
   .venv/bin/python bench/lm_sentiment_probe.py outputs/lm_sentiment/RUN/checkpoints/best-lm.pt
   .venv/bin/python bench/lm_sentiment_probe.py CKPT --max-len 0      # whole reviews instead of the checkpoint's
@@ -67,15 +70,27 @@ def main() -> None:
     e_tr, s_tr, y_tr = features(encoder, data.splits["train"])
     e_te, s_te, y_te = features(encoder, data.splits["test"])
     print(f"features of {len(y_tr):,} + {len(y_te):,} reviews in {time.time() - t0:.0f}s", flush=True)
-    results = {}
+    results, probs = {}, {}
     for name, tr, te in (("embedding", e_tr, e_te), ("states", s_tr, s_te),
                          ("both", np.hstack([e_tr, s_tr]), np.hstack([e_te, s_te]))):
         scale = StandardScaler().fit(tr)
         # standardised dense features want more regularisation than TF-IDF's sparse ones: the grid reaches lower
         model, c, cv = logistic_cv(scale.transform(tr), y_tr, int(cfg.dataset.split_seed), np.logspace(-4, 2, 13))
-        acc = float((model.predict(scale.transform(te)) == y_te).mean())
+        probs[name] = model.predict_proba(scale.transform(te))[:, 1]
+        acc = float(((probs[name] > 0.5) == y_te).mean())
         results[name] = {"test_acc": round(acc, 4), "C": c, "cv_acc": round(cv, 4)}
         print(f"{name}: test acc {acc:.4f} (C={c:.3g}, 5-fold CV {cv:.4f})", flush=True)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from lm_sentiment_baselines import id_texts
+    vec = TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"\S+", sublinear_tf=True)
+    x_tr = vec.fit_transform(id_texts(data.splits["train"]))
+    model, c, cv = logistic_cv(x_tr, y_tr, int(cfg.dataset.split_seed))
+    tfidf = model.predict_proba(vec.transform(id_texts(data.splits["test"])))[:, 1]
+    for name, p in (("tfidf", tfidf), ("states + tfidf", (probs["states"] + tfidf) / 2)):
+        acc = float(((p > 0.5) == y_te).mean())
+        results[name] = {"test_acc": round(acc, 4)}
+        print(f"{name}: test acc {acc:.4f}", flush=True)
     print(json.dumps({"checkpoint": args.checkpoint, "results": results}))
 
 

@@ -218,3 +218,28 @@ def test_pseudo_label_needs_a_head_that_labels(tmp_path):
     run_dir.mkdir()
     with pytest.raises(UserError, match="has no pseudo_label method"):
         run(toy_config(tmp_path, stages), run_dir)
+
+
+def test_reset_gives_the_student_fresh_parameters_after_the_teacher_has_labelled(tmp_path):
+    """`pseudo_label.reset`: the labels are the teacher's (the same as without reset), the matching parameters are
+    the newly built ones (here frozen, so they stay as reset), and a pattern that matches nothing is one line."""
+    saved = {}
+    for reset in ([], ["^model[.]out[.]"]):
+        stages = {"first": {}, "second": {**STAGES["second"], "frozen": ["^model[.]out[.]"],
+                                          "pseudo_label": {**STAGES["second"]["pseudo_label"], "reset": reset}}}
+        run_dir = tmp_path / f"run{len(reset)}"
+        run_dir.mkdir()
+        assert run(toy_config(tmp_path, stages), run_dir)["status"] == "ok"
+        saved[len(reset)] = {name: torch.load(run_dir / "checkpoints" / name, weights_only=True)
+                             for name in ("best-first.pt", "best.pt")}
+    teacher = saved[0]["best-first.pt"]["net"]["model.out.weight"]
+    assert torch.equal(saved[0]["best.pt"]["net"]["model.out.weight"], teacher)  # frozen, not reset: the teacher's
+    assert not torch.equal(saved[1]["best.pt"]["net"]["model.out.weight"], teacher)  # reset: fresh
+    assert saved[1]["best.pt"]["data"]["pseudo"] == saved[0]["best.pt"]["data"]["pseudo"]  # the teacher labelled
+
+    stages = {"first": {}, "second": {**STAGES["second"],
+                                      "pseudo_label": {**STAGES["second"]["pseudo_label"], "reset": ["^model[.]rnn"]}}}
+    run_dir = tmp_path / "bad"
+    run_dir.mkdir()
+    with pytest.raises(UserError, match=r"stages.second.pseudo_label.reset: \['\^model\[.\]rnn'\] matches no"):
+        run(toy_config(tmp_path, stages), run_dir)

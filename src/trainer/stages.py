@@ -225,6 +225,8 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
     with open_dict(scfg):
         scfg.data_info = data.info
     net = TaskNet(build(scfg.model, "model"), build(scfg.head, "head"))
+    pseudo = opts.get("pseudo_label") if resume is None else None  # a resumed stage has its pseudo-labels in last.pt
+    fresh = _fresh_values(net, pseudo.get("reset"), name) if pseudo else {}
     if init.get("checkpoint") and resume is None:  # (a resumed stage's weights come from last.pt)
         _init_weights(net, init, previous, name)
     bn_frozen = apply_freeze(net, opts.get("trainable"), opts.get("frozen"))
@@ -232,8 +234,9 @@ def build_stage(scfg: DictConfig, name: str, index: int, n_stages: int, run_dir:
     config_path = run_dir / ("config.yaml" if n_stages == 1 else f"config.{name}.yaml")
     if main and resume is None:
         config_path.write_text(text)
-    if opts.get("pseudo_label") and resume is None:  # a resumed stage has its pseudo-labels in last.pt's data state
-        _pseudo_label(net, data, opts.pseudo_label, tcfg, device, name)
+    if pseudo:
+        _pseudo_label(net, data, pseudo, tcfg, device, name)
+        net.load_state_dict(fresh, strict=False)  # the student learns these afresh from the labels
     if main:
         _log_header(scfg, name, index, n_stages, run_dir, data, net)
     stage = Stage(
@@ -326,7 +329,20 @@ def _init_weights(net: TaskNet, init: DictConfig, previous: Handoff | None, stag
     log.info(f"[{stage}] initialised {len(loaded)} tensors from {source}")
 
 
-PSEUDO_LABEL_KEYS = ("split", "threshold", "max_items")
+PSEUDO_LABEL_KEYS = ("split", "threshold", "max_items", "reset")
+
+
+def _fresh_values(net: TaskNet, patterns: Sequence[str] | None, stage: str) -> dict[str, torch.Tensor]:
+    """Copies of the newly built net's parameters and buffers whose names match `pseudo_label.reset`: put back once
+    the teacher (the stage's initial weights) has labelled, so the student learns them from the labels alone."""
+    if not patterns:
+        return {}
+    regexes = [re.compile(p) for p in patterns]
+    fresh = {k: v.detach().clone() for k, v in net.state_dict().items() if any(r.search(k) for r in regexes)}
+    if not fresh:
+        raise UserError(f"stages.{stage}.pseudo_label.reset: {list(patterns)} matches no parameter; names look like "
+                        f"{', '.join(list(net.state_dict())[:3])}")
+    return fresh
 
 
 def _pseudo_label(net: TaskNet, data: Any, options: DictConfig, tcfg: TrainerConfig, device: torch.device,
