@@ -568,3 +568,13 @@ def test_bad_input_through_the_cli_is_one_line_naming_the_file(workdir, tmp_path
                check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines[-1].startswith("error:") and "photos.tar.gz is not the aclImdb" in lines[-1]
+
+
+def test_ours_has_the_bag_read_out_and_the_faithful_config_has_not():
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="trainer.conf", version_base="1.3"):
+        ours = compose("config", overrides=["task=lm_sentiment", "dataset=imdb"])
+        faithful = compose("config", overrides=["task=lm_sentiment", "dataset=imdb", "experiment=lm_sentiment_faithful"])
+    assert ours.model.bag and ours.model.bag_pair_buckets > 0
+    assert not faithful.model.bag and faithful.model.bag_pair_buckets == 0 and faithful.model.hidden_units == 10
