@@ -570,11 +570,13 @@ def test_bad_input_through_the_cli_is_one_line_naming_the_file(workdir, tmp_path
     assert proc.returncode == 2 and lines[-1].startswith("error:") and "photos.tar.gz is not the aclImdb" in lines[-1]
 
 
-def test_ours_has_the_bag_read_out_and_the_faithful_config_has_not():
+def test_ours_has_the_bag_read_out_and_a_noised_student_and_the_faithful_config_has_neither():
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="trainer.conf", version_base="1.3"):
         ours = compose("config", overrides=["task=lm_sentiment", "dataset=imdb"])
         faithful = compose("config", overrides=["task=lm_sentiment", "dataset=imdb", "experiment=lm_sentiment_faithful"])
+        noisy = compose("config", overrides=["task=lm_sentiment", "experiment=lm_sentiment_self_training"])
     assert ours.model.bag and ours.model.bag_pair_buckets > 0
+    assert ours.encoder.embed_dropout == 0 and noisy.stages.self_train.model.encoder.embed_dropout > 0  # the student's noise
     assert not faithful.model.bag and faithful.model.bag_pair_buckets == 0 and faithful.model.hidden_units == 10
