@@ -13,8 +13,8 @@
   concat pooling, Howard & Ruder 2018); then Dense `hidden_units` + ReLU (none when 0), dropout, one logit (the
   original: Dense 10, ReLU, dropout 0.5, sigmoid). With `bag=true` a linear bag-of-words read-out sits beside it
   (wide and deep, Cheng et al. 2016): one weight per word, and per hashed pair of neighbouring words when
-  `bag_pair_buckets` > 0, summed over the review's distinct and repeated entries, divided by the square root of
-  their number and added to the logit: the features TF-IDF + logistic regression reads, trained with the rest.
+  `bag_pair_buckets` > 0, summed over every word and pair of the review, divided by the square root of their
+  number and added to the logit: the features TF-IDF + logistic regression reads, trained with the rest.
 """
 from __future__ import annotations
 
