@@ -30,6 +30,13 @@ def id_texts(dataset) -> list[str]:
     return out
 
 
+def tfidf_vectorizer():
+    """TF-IDF of word 1-2-grams over id texts (`id_texts`), sublinear term frequency: the baselines' features."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"\S+", sublinear_tf=True, min_df=1)
+
+
 def logistic_cv(features, labels, seed: int, cs: np.ndarray | None = None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -56,8 +63,6 @@ def main() -> None:
     args = p.parse_args()
 
     from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     from trainer.datasets.imdb import ReviewDataset, SentimentReviews
 
     data = SentimentReviews(source=args.source, path=args.path, cache_dir=args.cache_dir, tokenizer=args.tokenizer,
@@ -71,7 +76,7 @@ def main() -> None:
     results = {}
     for method in args.method:
         t0 = time.time()
-        vec = TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"\S+", sublinear_tf=True, min_df=1)
+        vec = tfidf_vectorizer()
         if method == "tfidf":
             x_tr = vec.fit_transform(tr_text)
             x_te = vec.transform(te_text)

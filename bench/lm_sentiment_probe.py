@@ -50,7 +50,7 @@ def main() -> None:
     from omegaconf import OmegaConf
     from sklearn.preprocessing import StandardScaler
 
-    from lm_sentiment_baselines import logistic_cv
+    from lm_sentiment_baselines import id_texts, logistic_cv, tfidf_vectorizer
     from trainer import checkpoint as ckpt
 
     state = ckpt.load(args.checkpoint)
@@ -80,10 +80,8 @@ def main() -> None:
         acc = float(((probs[name] > 0.5) == y_te).mean())
         results[name] = {"test_acc": round(acc, 4), "C": c, "cv_acc": round(cv, 4)}
         print(f"{name}: test acc {acc:.4f} (C={c:.3g}, 5-fold CV {cv:.4f})", flush=True)
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    from lm_sentiment_baselines import id_texts
-    vec = TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"\S+", sublinear_tf=True)
+    # the TF-IDF baseline of bench/lm_sentiment_baselines.py, on the checkpoint's own tokens
+    vec = tfidf_vectorizer()
     x_tr = vec.fit_transform(id_texts(data.splits["train"]))
     model, c, cv = logistic_cv(x_tr, y_tr, int(cfg.dataset.split_seed))
     tfidf = model.predict_proba(vec.transform(id_texts(data.splits["test"])))[:, 1]
