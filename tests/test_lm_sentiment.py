@@ -365,6 +365,22 @@ def test_the_bag_read_out_sums_word_and_pair_weights_over_the_root_of_their_coun
     assert torch.allclose(clf(x[:1, :4]), clf(x[:1]), atol=1e-6)  # padding adds nothing
 
 
+def test_the_bag_dropout_noises_the_read_out_in_training_only_and_keeps_its_mean():
+    torch.manual_seed(0)
+    clf = ReviewClassifier(BagWindowEncoder(50, 8, 12, 3), pooling="concat", hidden_units=0, dropout=0.0,
+                           bag=True, bag_pair_buckets=7, bag_dropout=0.5)
+    with torch.no_grad():
+        clf.bag.weight.normal_()
+        clf.bag.weight[PAD] = 0.0
+    x = torch.tensor([[5, 6, 5, 6, 0, 0], [9, 3, 0, 0, 0, 0]])
+    clean = clf.eval().bag_logit(x)
+    assert torch.equal(clf.bag_logit(x), clean)
+    clf.train()
+    draws = torch.stack([clf.bag_logit(x) for _ in range(4000)])
+    assert (draws != clean).any(1).float().mean() > 0.5  # noised ...
+    assert torch.allclose(draws.mean(0), clean, atol=0.1 * clean.abs().max().item())  # ... around the clean read-out
+
+
 def test_the_adaptive_softmax_perplexity_is_exact():
     torch.manual_seed(0)
     head = AdaptiveSoftmaxHead(hidden=8, vocab_size=40, cutoffs=[0.25, 0.5], div_value=2.0)
@@ -579,4 +595,5 @@ def test_ours_has_the_bag_read_out_and_a_noised_student_and_the_faithful_config_
         noisy = compose("config", overrides=["task=lm_sentiment", "experiment=lm_sentiment_self_training"])
     assert ours.model.bag and ours.model.bag_pair_buckets > 0
     assert ours.encoder.embed_dropout == 0 and noisy.stages.self_train.model.encoder.embed_dropout > 0  # the student's noise
+    assert ours.model.bag_dropout == 0 and noisy.stages.self_train.model.bag_dropout > 0
     assert not faithful.model.bag and faithful.model.bag_pair_buckets == 0 and faithful.model.hidden_units == 10

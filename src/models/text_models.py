@@ -15,6 +15,8 @@
   (wide and deep, Cheng et al. 2016): one weight per word, and per hashed pair of neighbouring words when
   `bag_pair_buckets` > 0, summed over every word and pair of the review, divided by the square root of their
   number and added to the logit: the features TF-IDF + logistic regression reads, trained with the rest.
+  `bag_dropout` drops rows of its table in training as the encoders' `embed_dropout` drops words: the noise a
+  self-training student reads its pseudo-labels with (experiment=lm_sentiment_self_training).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-PAD = 0
+from .text_encoders import PAD, word_dropout
 
 
 class LanguageModel(nn.Module):
@@ -45,7 +47,7 @@ class LanguageModel(nn.Module):
 
 class ReviewClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, pooling: str = "last", hidden_units: int = 10, dropout: float = 0.5,
-                 bag: bool = False, bag_pair_buckets: int = 0):
+                 bag: bool = False, bag_pair_buckets: int = 0, bag_dropout: float = 0.0):
         super().__init__()
         if pooling not in ("last", "concat"):
             raise ValueError(f"pooling={pooling} is not last or concat")
@@ -58,6 +60,7 @@ class ReviewClassifier(nn.Module):
         layers += [nn.Dropout(dropout), nn.Linear(features, 1)]
         self.classifier = nn.Sequential(*layers)
         self.vocab_size, self.bag_pair_buckets = encoder.embedding.num_embeddings, bag_pair_buckets
+        self.bag_dropout = bag_dropout
         self.bag = None
         if bag:
             self.bag = nn.Embedding(self.vocab_size + bag_pair_buckets, 1, padding_idx=PAD)
@@ -85,7 +88,8 @@ class ReviewClassifier(nn.Module):
             pairs = key.masked_fill((x[:, :-1] == PAD) | (x[:, 1:] == PAD), PAD)
             ids = torch.cat([x, pairs], 1)
         count = (ids != PAD).sum(1).clamp(min=1)
-        return self.bag(ids).squeeze(-1).sum(1) / count.to(self.bag.weight.dtype).sqrt()
+        weights = word_dropout(self.bag, ids, self.bag_dropout, self.training).squeeze(-1)
+        return weights.sum(1) / count.to(self.bag.weight.dtype).sqrt()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logit = self.classifier(self.pool(x)).squeeze(-1)
