@@ -611,3 +611,19 @@ def test_ours_has_the_bag_read_out_and_a_noised_student_and_the_faithful_config_
     assert ours.encoder.embed_dropout == 0 and noisy.stages.self_train.model.encoder.embed_dropout > 0  # the student's noise
     assert ours.model.bag_dropout == 0 and noisy.stages.self_train.model.bag_dropout > 0
     assert not faithful.model.bag and faithful.model.bag_pair_buckets == 0 and faithful.model.hidden_units == 10
+
+
+def test_the_rounds_experiment_is_five_rounds_that_each_take_the_first_rounds_settings():
+    from hydra import compose, initialize_config_module
+
+    from trainer.stages import stage_configs
+
+    with initialize_config_module(config_module="trainer.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["task=lm_sentiment", "experiment=lm_sentiment_rounds",
+                                           "stages.self_train.optim.lr=1e-5", "stages.self_train_5=null"])
+    stages = dict(stage_configs(cfg))
+    rounds = [name for name in stages if name.startswith("self_train")]
+    assert rounds == ["self_train", "self_train_2", "self_train_3", "self_train_4"]  # the fifth set off
+    for name in rounds:
+        assert stages[name].stage.pseudo_label.split == "unlabelled" and stages[name].stage.init.checkpoint == "previous"
+        assert stages[name].optim.lr == 1e-5 and stages[name].model.bag_dropout > 0
