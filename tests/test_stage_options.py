@@ -243,3 +243,23 @@ def test_reset_gives_the_student_fresh_parameters_after_the_teacher_has_labelled
     run_dir.mkdir()
     with pytest.raises(UserError, match=r"stages.second.pseudo_label.reset: \['\^model\[.\]rnn'\] matches no"):
         run(toy_config(tmp_path, stages), run_dir)
+
+
+def test_balanced_pseudo_labels_are_the_most_confident_in_equal_numbers_per_class():
+    from trainer.inference import pseudo_label
+
+    class Fixed(nn.Module):  # the head labels each sample by its x: class x[0], confidence x[1] / 10
+        def pseudo_label(self, outputs, batch):
+            return batch["x"][:, 0].long().tolist(), batch["x"][:, 1] / 10
+
+    net = nn.Module()
+    net.model, net.head = nn.Identity(), Fixed()
+    net.forward = lambda batch: (batch["x"], None)
+    x = torch.tensor([[1, 9], [1, 8], [1, 9.5], [0, 9.2], [1, 3], [0, 5], [1, 9.9]])
+    loader = [{"x": x[:4]}, {"x": x[4:]}]
+    cpu = torch.device("cpu")
+    assert pseudo_label(net, loader, cpu, "fp32", 0.8)[:2] == ([0, 1, 2, 3, 6], [1, 1, 1, 0, 1])
+    # one confident class 0 (9.2): the single most confident of class 1 (9.9) beside it
+    assert pseudo_label(net, loader, cpu, "fp32", 0.8, balance=True)[:2] == ([3, 6], [0, 1])
+    assert pseudo_label(net, loader, cpu, "fp32", 0.4, balance=True)[:2] == ([2, 3, 5, 6], [1, 0, 0, 1])
+    assert pseudo_label(net, loader, cpu, "fp32", 0.4, max_items=2, balance=True)[:2] == ([3, 6], [0, 1])

@@ -77,9 +77,11 @@ def predict(net: nn.Module, loader, device: torch.device, precision: str, progre
 
 @torch.inference_mode()
 def pseudo_label(net: nn.Module, loader, device: torch.device, precision: str, threshold: float,
-                 max_items: int | None = None) -> tuple[list[int], list[Any], int]:
+                 max_items: int | None = None, balance: bool = False) -> tuple[list[int], list[Any], int]:
     """Self-training: the head's label and confidence for each sample of `loader` (read in order); the positions and
-    labels of those at or above `threshold`, at most the `max_items` most confident; and how many were labelled."""
+    labels of those at or above `threshold`, at most the `max_items` most confident; and how many were labelled.
+    `balance`: as many of each predicted class, the most confident, as the class with fewest has (a teacher that
+    leans to one class would otherwise teach its student to lean further, round after round)."""
     if not callable(getattr(net.head, "pseudo_label", None)):
         raise UserError(f"{type(net.head).__name__} has no pseudo_label method; drop the stage's pseudo_label option")
     labels: list[Any] = []
@@ -90,7 +92,26 @@ def pseudo_label(net: nn.Module, loader, device: torch.device, precision: str, t
         confidences.append(confidence.detach().float().reshape(-1))
     conf = torch.cat(confidences).cpu() if confidences else torch.zeros(0)
     keep = torch.nonzero(conf >= threshold).flatten()
-    if max_items is not None and len(keep) > max_items:
+    if balance:
+        keep = _balanced(keep, conf, labels, max_items)
+    elif max_items is not None and len(keep) > max_items:
         keep = keep[conf[keep].argsort(descending=True, stable=True)[:max_items]].sort().values
     indices = keep.tolist()
     return indices, [labels[i] for i in indices], len(labels)
+
+
+def _balanced(keep: torch.Tensor, conf: torch.Tensor, labels: list[Any], max_items: int | None) -> torch.Tensor:
+    """The most confident of `keep`, the same number of each class that the head predicted for any sample."""
+    if not all(isinstance(label, int) for label in labels):
+        raise UserError("pseudo_label.balance needs one class per item (a classification head); this head labels "
+                        "items with structures: drop balance")
+    classes = sorted(set(labels))
+    by_class: dict[int, list[int]] = {c: [] for c in classes}
+    for i in keep.tolist():
+        by_class[labels[i]].append(i)
+    n = min((len(v) for v in by_class.values()), default=0)
+    if max_items is not None:
+        n = min(n, max_items // max(len(classes), 1))
+    chosen = [torch.tensor(by_class[c], dtype=torch.long) for c in classes]
+    chosen = [idx[conf[idx].argsort(descending=True, stable=True)[:n]] for idx in chosen]
+    return torch.cat(chosen).sort().values if chosen else keep[:0]

@@ -329,7 +329,7 @@ def _init_weights(net: TaskNet, init: DictConfig, previous: Handoff | None, stag
     log.info(f"[{stage}] initialised {len(loaded)} tensors from {source}")
 
 
-PSEUDO_LABEL_KEYS = ("split", "threshold", "max_items", "reset")
+PSEUDO_LABEL_KEYS = ("split", "threshold", "max_items", "balance", "reset")
 
 
 def _fresh_values(net: TaskNet, patterns: Sequence[str] | None, stage: str) -> dict[str, torch.Tensor]:
@@ -359,10 +359,13 @@ def _pseudo_label(net: TaskNet, data: Any, options: DictConfig, tcfg: TrainerCon
                         f"{', '.join(data.splits)}")
     net.to(device)
     loader = data.loader(split)
-    indices, labels, seen = inference.pseudo_label(net, loader, device, tcfg.precision, float(threshold), max_items)
+    balance = bool(options.get("balance", False))
+    indices, labels, seen = inference.pseudo_label(net, loader, device, tcfg.precision, float(threshold), max_items,
+                                                   balance)
     data.set_pseudo_labels(split, indices, labels)
     log.info(f"[{stage}] pseudo-labelled {len(indices):,} of {seen:,} '{split}' items (confidence >= {threshold}"
-             + (f", at most {max_items}" if max_items is not None else "") + ")")
+             + (f", at most {max_items}" if max_items is not None else "") + (", as many of each class" if balance
+                                                                              else "") + ")")
 
 
 def plan_steps(stage: Stage, counters: Any) -> StepPlan:
