@@ -628,6 +628,7 @@ def test_ours_has_the_bag_read_out_and_a_noised_student_and_the_faithful_config_
     assert ours.model.bag and ours.model.bag_pair_buckets > 0
     assert ours.encoder.embed_dropout == 0 and noisy.stages.self_train.model.encoder.embed_dropout > 0  # the student's noise
     assert ours.model.bag_dropout == 0 and noisy.stages.self_train.model.bag_dropout > 0
+    assert noisy.stages.self_train.pseudo_label.balance  # as many of each class
     assert not faithful.model.bag and faithful.model.bag_pair_buckets == 0 and faithful.model.hidden_units == 10
 
 
