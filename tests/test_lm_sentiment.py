@@ -277,7 +277,8 @@ def test_the_teacher_may_read_more_of_an_unlabelled_review_than_the_student_trai
     assert unl.lens.tolist() == whole.tolist() and whole.max() > 3  # the teacher reads each whole review
     data.set_pseudo_labels("unlabelled", [int(np.argmax(whole))], [1])
     train = data.splits["train"]
-    assert train.lens[-1] == 3 and train.starts[-1] + 3 == data._enc.offsets[train.docs[-1] + 1]  # the student: its last 3
+    # the student trains on the last 3 tokens of it
+    assert train.lens[-1] == 3 and train.starts[-1] + 3 == data._enc.offsets[train.docs[-1] + 1]
     with pytest.raises(UserError, match=r"dataset.unlabelled_window=.*must be"):
         reviews(acl, tmp_path, unlabelled_window={"max_len": 0})
     with pytest.raises(UserError, match=r"dataset.unlabelled_window=.*must be"):

@@ -363,9 +363,9 @@ def _pseudo_label(net: TaskNet, data: Any, options: DictConfig, tcfg: TrainerCon
     indices, labels, seen = inference.pseudo_label(net, loader, device, tcfg.precision, float(threshold), max_items,
                                                    balance)
     data.set_pseudo_labels(split, indices, labels)
-    log.info(f"[{stage}] pseudo-labelled {len(indices):,} of {seen:,} '{split}' items (confidence >= {threshold}"
-             + (f", at most {max_items}" if max_items is not None else "") + (", as many of each class" if balance
-                                                                              else "") + ")")
+    how = [f"confidence >= {threshold}"] + ([f"at most {max_items}"] if max_items is not None else []) + (
+        ["as many of each class"] if balance else [])
+    log.info(f"[{stage}] pseudo-labelled {len(indices):,} of {seen:,} '{split}' items ({', '.join(how)})")
 
 
 def plan_steps(stage: Stage, counters: Any) -> StepPlan:
