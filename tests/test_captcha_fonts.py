@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from trainer.datasets import fonts as fontpool
+from trainer.datasets.base import per_sample_uniform
 from trainer.datasets.captcha import SPLIT_SEEDS, CaptchaData, _seed, cached_split, font_of, render
 from trainer.errors import UserError
 from trainer.schema import check_section
@@ -189,6 +190,39 @@ def test_affine_with_no_shear_is_unchanged_and_a_shear_moves_columns_by_rows():
     wide[0, 0, :, 20] = 1.0
     bent = aug.affine(wide, u, shear=0.5)
     assert abs(bent[0, 0, 0].argmax().item() - bent[0, 0, -1].argmax().item()) == 4
+
+
+def test_warp_moves_pixels_by_a_smooth_field_of_at_most_the_given_pixels():
+    from trainer.datasets import image_augment as aug
+    x = torch.zeros(2, 1, 24, 48)
+    x[:, 0, :, 24] = 1.0  # a vertical bar
+    still = np.full((2, aug.DRAWS["warp"]), 0.5)  # every control point at rest
+    assert torch.allclose(aug.warp(x, still, pixels=3.0), x, atol=1e-6)
+    u = per_sample_uniform(0, 0, np.arange(2), aug.DRAWS["warp"])
+    bent = aug.warp(x, u, pixels=3.0)
+    assert not torch.equal(bent[0], bent[1])  # each sample its own field
+    cols = bent[:, 0].argmax(-1)  # where the bar is on each row
+    assert cols.sub(24).abs().max() <= 3 and cols.sub(24).abs().max() >= 1
+    assert cols.diff(dim=1).abs().max() <= 1  # smooth: neighbouring rows move alike, the bar stays one stroke
+    u[:, :] = 1.0  # the whole field at its largest: every pixel moves by `pixels` (bicubic overshoots nowhere)
+    assert torch.equal(aug.warp(x, u, pixels=3.0)[:, 0].argmax(-1)[:, 4:-4], torch.full((2, 16), 21))
+
+
+def test_rotation_zoom_and_warp_distort_only_training_captchas_seeded(tmp_path):
+    def train_x(**kw):
+        d = CaptchaData(fonts=["captcha"], train_size=8, val_size=0, test_size=0, cache_dir=str(tmp_path), **SMALL,
+                        **kw)
+        d.setup("fit")
+        return d.splits["train"].__getitems__(list(range(8)))["x"]
+
+    plain = train_x()
+    for kw in ({"train_rotation": 8}, {"train_zoom": 0.2}, {"train_warp": 1.5}):
+        x = train_x(**kw)
+        assert not torch.equal(x, plain) and torch.equal(x, train_x(**kw)), kw
+    # a shear alone draws what it drew before warps existed: the warp's uniforms come after the affine's
+    assert torch.equal(train_x(train_shear=0.3, train_warp=0.0), train_x(train_shear=0.3))
+    with pytest.raises(UserError, match="dataset.train_warp"):
+        check_section(_node(train_warp=-1), "dataset")
 
 
 def test_a_named_font_set_whose_package_is_missing_is_one_line(monkeypatch):

@@ -336,12 +336,20 @@ def _to_float(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int) -
     return batch
 
 
-def slant(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int, seed: int,
-          shear: float) -> dict[str, torch.Tensor]:
-    """Captchas leaning by a horizontal shear of up to +-shear (an upright face read as its italic), drawn per sample
-    and epoch; the corners it uncovers are white, like the captchas' light background."""
-    u = per_sample_uniform(seed, epoch, indices, aug.DRAWS["affine"])
-    batch["x"] = aug.affine(batch["x"], u, shear=shear, fill=1.0)
+def distort(batch: dict[str, torch.Tensor], indices: np.ndarray, epoch: int, seed: int, shear: float = 0.0,
+            degrees: float = 0.0, zoom: float = 0.0, warp: float = 0.0) -> dict[str, torch.Tensor]:
+    """Training captchas leaning by a horizontal shear of up to +-shear (an upright face read as its italic), turned by
+    up to +-degrees, scaled by a factor in [1/(1+zoom), 1+zoom] and warped elastically by up to `warp` pixels (a
+    glyph's strokes bent as another typeface bends them); drawn per sample and epoch. The corners they uncover are
+    white, like the captchas' light background."""
+    u = per_sample_uniform(seed, epoch, indices, aug.DRAWS["affine"] + (aug.DRAWS["warp"] if warp else 0))
+    x = batch["x"]
+    if shear or degrees or zoom:
+        x = aug.affine(x, u[:, :aug.DRAWS["affine"]], degrees=degrees, zoom=(1 / (1 + zoom), 1 + zoom), shear=shear,
+                       fill=1.0)
+    if warp:
+        x = aug.warp(x, u[:, aug.DRAWS["affine"]:], warp, fill=1.0)
+    batch["x"] = x
     return batch
 
 
@@ -428,6 +436,9 @@ class CaptchaData(DataModule):
         test_unseen_size: Annotated[int, Ge(0)] = 10_000,
         train_stroke: Annotated[float, Interval(ge=0, le=1)] = 0.0,
         train_shear: Annotated[float, Interval(ge=0, le=1)] = 0.0,
+        train_rotation: Annotated[float, Interval(ge=0, le=45)] = 0.0,
+        train_zoom: Annotated[float, Interval(ge=0, le=1)] = 0.0,
+        train_warp: Annotated[float, Interval(ge=0, le=8)] = 0.0,
         **loader: Any,
     ):
         super().__init__(**loader)
@@ -444,7 +455,8 @@ class CaptchaData(DataModule):
         self.test_font_entries = [str(f) for f in test_fonts]
         self.split_fonts: dict[str, tuple[str, ...]] = {}
         self.pending: dict[str, _Pending] = {}
-        self.train_stroke, self.train_shear = train_stroke, train_shear
+        self.train_stroke = train_stroke
+        self.distortion = {"shear": train_shear, "degrees": train_rotation, "zoom": train_zoom, "warp": train_warp}
 
     def resolve_fonts(self) -> dict[str, tuple[str, ...]]:
         """The font files of each split: train draws from the pool less the held-out fonts, val/test from
@@ -494,7 +506,7 @@ class CaptchaData(DataModule):
                                                self.render_size, fresh_each_epoch=split == "train" and self.fresh,
                                                alphabet=self.alphabet, fonts=self.split_fonts[split],
                                                stroke=self.train_stroke if split == "train" else 0.0,
-                                               transform=self._train_slant(split))
+                                               transform=self._train_distortion(split))
             elif split in UNSEEN_SPLITS or stage == "eval":  # (listed among the splits once read)
                 self.pending[split] = _Pending(n, lambda split=split, n=n: self._cached(split, n))
             else:
@@ -505,15 +517,16 @@ class CaptchaData(DataModule):
         arrays = cached_split(self.cache_dir, SPLIT_SEEDS[split], n, self.length, self.width, self.height,
                               self.render_size, self.render_workers, what=f"{split} captchas", alphabet=self.alphabet,
                               fonts=fonts, stroke=self.train_stroke if split == "train" else 0.0)
-        slanted = self._train_slant(split)
-        return ArrayDataset(arrays, transform=_to_float if slanted is None
-                            else functools.partial(_chain, transforms=(_to_float, slanted)))
+        distorted = self._train_distortion(split)
+        return ArrayDataset(arrays, transform=_to_float if distorted is None
+                            else functools.partial(_chain, transforms=(_to_float, distorted)))
 
-    def _train_slant(self, split: str):
-        """The training split's slant (`train_shear`) as a picklable transform, or None."""
-        if split != "train" or not self.train_shear:
+    def _train_distortion(self, split: str):
+        """The training split's distortion (`train_shear`, `train_rotation`, `train_zoom`, `train_warp`) as a
+        picklable transform, or None."""
+        if split != "train" or not any(self.distortion.values()):
             return None
-        return functools.partial(slant, seed=self.seed, shear=self.train_shear)
+        return functools.partial(distort, seed=self.seed, **self.distortion)
 
     def has_split(self, split: str) -> bool:
         return split in self.splits or split in self.pending
@@ -605,4 +618,4 @@ class CaptchaFolder(CaptchaData):
                     self.splits[split] = _ImageFiles([files[i] for i in idx], [full.labels[i] for i in idx],
                                                      self.width, self.height, self.length, self.alphabet)
         if "train" in self.splits:
-            self.splits["train"].transform = self._train_slant("train")
+            self.splits["train"].transform = self._train_distortion("train")

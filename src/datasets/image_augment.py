@@ -14,6 +14,8 @@ What each one follows:
   - `quadrant_mask`: blank one of the four quadrants (the dog fine-tuning original's "mask a quadrant").
   - `affine`: per-sample rotation, zoom (in and out), translation, horizontal shear and flip in one
     `affine_grid`/`grid_sample` pass, the batched form of torchvision's RandomAffine + RandomHorizontalFlip.
+  - `warp`: an elastic distortion (Simard et al. 2003: every pixel moved by a smooth random field), the field drawn
+    at a coarse grid of control points and upsampled, as torchvision's ElasticTransform smooths a dense one.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ import torch.nn.functional as F
 
 #: How many uniforms each augmentation consumes per sample (callers size `per_sample_uniform` with these).
 DRAWS = {"hflip": 1, "pad_crop": 2, "erase": 5, "quadrant_mask": 2, "affine": 6}
+#: The control points of `warp`'s displacement field (rows, columns); it draws two uniforms (x, y) per point.
+WARP_GRID = (3, 8)
+DRAWS["warp"] = 2 * WARP_GRID[0] * WARP_GRID[1]
 
 
 def _u(u: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -113,4 +118,18 @@ def affine(x: torch.Tensor, u: np.ndarray, degrees: float = 0.0, zoom: tuple[flo
     if fill == 0.0:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # grid_sample fills outside pixels with 0: sample (x - fill) and add fill back.
+    return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+
+
+def warp(x: torch.Tensor, u: np.ndarray, pixels: float, fill: float = 0.0) -> torch.Tensor:
+    """Move every pixel by a smooth random displacement of up to `pixels` in x and in y: uniform displacements at the
+    `WARP_GRID` control points, upsampled bicubically to the image, so strokes bend and thicken locally rather than
+    the whole image moving (a glyph's shape changes, as from one typeface to another)."""
+    b, c, h, w = x.shape
+    rows, cols = WARP_GRID
+    field = (_u(u, x.device).view(b, 2, rows, cols) * 2 - 1) * pixels
+    field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=True)
+    to_grid = torch.tensor([2.0 / w, 2.0 / h], device=x.device).view(1, 2, 1, 1)  # pixels -> [-1, 1] coordinates
+    identity = torch.eye(2, 3, device=x.device).expand(b, 2, 3)
+    grid = F.affine_grid(identity, [b, c, h, w], align_corners=False) + (field * to_grid).permute(0, 2, 3, 1)
     return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
