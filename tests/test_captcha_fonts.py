@@ -225,6 +225,23 @@ def test_rotation_zoom_and_warp_distort_only_training_captchas_seeded(tmp_path):
         check_section(_node(train_warp=-1), "dataset")
 
 
+def test_test_font_share_draws_that_share_of_training_captchas_in_the_test_fonts(tmp_path):
+    def train_fonts(**kw):
+        return CaptchaData(fonts=["captcha", "matplotlib"], held_out_fonts=HELD, cache_dir=str(tmp_path), **SMALL,
+                           **kw).resolve_fonts()["train"]
+
+    plain, shared = train_fonts(), train_fonts(test_font_share=0.25)
+    droid = str(fontpool.named_fonts("captcha")[0])
+    assert set(shared) == set(plain) and plain.count(droid) == 1
+    drawn = [font_of(seed, shared) for seed in range(4000)]
+    assert 0.22 < drawn.count(droid) / len(drawn) < 0.30
+    assert train_fonts(test_font_share=0.01) == plain  # already drawn that often
+    cmr10 = next(str(f) for f in fontpool.named_fonts("matplotlib") if f.stem == "cmr10")
+    with pytest.raises(UserError, match="^dataset.test_font_share: the test fonts must be training fonts, and cmr10 "
+                                        "is held out or not in dataset.fonts; train on them or set "):
+        train_fonts(test_font_share=0.25, test_fonts=[cmr10])
+
+
 def test_a_named_font_set_whose_package_is_missing_is_one_line(monkeypatch):
     monkeypatch.setitem(fontpool.FONT_PACKAGES, "roboto", ("no_such_font_package", "font-nothing"))
     assert fontpool.fonts_problem(["captcha", "roboto"]) == (

@@ -439,6 +439,7 @@ class CaptchaData(DataModule):
         train_rotation: Annotated[float, Interval(ge=0, le=45)] = 0.0,
         train_zoom: Annotated[float, Interval(ge=0, le=1)] = 0.0,
         train_warp: Annotated[float, Interval(ge=0, le=8)] = 0.0,
+        test_font_share: Annotated[float, Interval(ge=0, lt=1)] = 0.0,
         **loader: Any,
     ):
         super().__init__(**loader)
@@ -455,7 +456,7 @@ class CaptchaData(DataModule):
         self.test_font_entries = [str(f) for f in test_fonts]
         self.split_fonts: dict[str, tuple[str, ...]] = {}
         self.pending: dict[str, _Pending] = {}
-        self.train_stroke = train_stroke
+        self.train_stroke, self.test_font_share = train_stroke, test_font_share
         self.distortion = {"shear": train_shear, "degrees": train_rotation, "zoom": train_zoom, "warp": train_warp}
 
     def resolve_fonts(self) -> dict[str, tuple[str, ...]]:
@@ -465,6 +466,8 @@ class CaptchaData(DataModule):
         pool = fontpool.resolve(self.font_entries, chars, "dataset.fonts")
         train, held = fontpool.split_held_out(pool, self.held_out_names, "dataset.held_out_fonts")
         test = fontpool.resolve(self.test_font_entries, chars, "dataset.test_fonts")
+        if self.test_font_share:
+            train = fontpool.with_share(train, test, self.test_font_share, "dataset.test_font_share")
         out = {"train": train, "val": test, "test": test}
         if held:
             out.update(val_unseen=held, test_unseen=held)
@@ -491,8 +494,12 @@ class CaptchaData(DataModule):
         if stage == "predict":  # the alphabet and image size are config: nothing to render, no font needed
             return
         self.split_fonts = self.resolve_fonts()
-        names = {split: ", ".join(Path(f).stem for f in fs) for split, fs in self.split_fonts.items()}
-        log.info(f"captcha fonts: train in {len(self.split_fonts['train'])} ({names['train']}); val/test in "
+        # (the training list repeats the test fonts under test_font_share: each font named once)
+        names = {split: ", ".join(dict.fromkeys(Path(f).stem for f in fs)) for split, fs in self.split_fonts.items()}
+        train = self.split_fonts["train"]
+        share = sum(f in self.split_fonts["test"] for f in train) / len(train)
+        log.info(f"captcha fonts: train in {len(set(train))} ({names['train']}"
+                 + (f"; {share:.0%} of captchas in the test fonts" if self.test_font_share else "") + "); val/test in "
                  f"{names['test']}" + (f"; val_unseen/test_unseen in {len(self.split_fonts['test_unseen'])} held "
                                        f"out ({names['test_unseen']})" if "test_unseen" in names else ""))
         sizes = {**self.sizes, **{s: n for s, n in self.unseen_sizes.items() if s in self.split_fonts}}
