@@ -4,13 +4,15 @@ on the task's own splits (the same DataModule, so the same sentences).
 
     python bench/absa_dictionary_baseline.py [--data-dir DATA (default: data)] [--round final|first]
         [--test-views random|unseen] [--split test|val|folds] [--polarity neu|majority|context] [--compose no yes]
-        [--errors]
+        [--polarity-extra final|first] [--c-grid C...] [--errors]
 
 `--polarity majority` gives each match the polarity its View most often has in training instead (a stronger floor);
 `--polarity context` decides each match's polarity from the text around it: a logistic regression on the TF-IDF of
 the character 1- to 3-grams of the 40 characters each side (the View itself masked), trained on the training split's
 gold spans (every mention of its Views, tagged as the model's training tags them), its C chosen by 5-fold cross-validation (scikit-learn, the `bench` extra): the simple strong
-baseline for the polarity half of the task. `--compose yes` joins the matches into Views the list lacks, as
+baseline for the polarity half of the task; `--polarity-extra first` trains it on the other round's labelled texts as
+well (each window marked with its source, so that each round keeps its own mix of polarities), `--c-grid` sets its
+C values. `--compose yes` joins the matches into Views the list lacks, as
 `dataset.compose_matches` does (brand + model, model + code; datasets/absa.py EntityMatcher). `--split folds` scores
 the training split out of fold: each fifth with the dictionary of the other four (the folds of
 `dataset.match_feature`). `--errors` adds the errors by kind under each row. Prints one table row per setting and
@@ -36,20 +38,28 @@ FOLDS = 5
 POLARITY = ("pos", "neu", "neg")
 
 
-def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, compose: bool) -> dict[str, float]:
-    data = BdciAbsa(root=str(Path(data_dir) / "absa-bdci2016"), round=round_,
+def _data(data_dir: str, round_: str, test_views: str) -> BdciAbsa:
+    return BdciAbsa(root=str(Path(data_dir) / "absa-bdci2016"), round=round_,
                     unknown_ids="skip" if round_ == "first" else "error", test_views=test_views)
+
+
+def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, compose: bool,
+        polarity_extra: str | None = None, grid: tuple[float, ...] = (1, 3, 10, 30, 100)) -> dict[str, float]:
+    data = _data(data_dir, round_, test_views)
     parts = data._parts()
     train = parts["train"]
+    extra = []  # the other round's labelled texts, all of them: more mentions for the context polarity to learn from
+    if polarity_extra and polarity_extra != round_:
+        extra = [s for p in _data(data_dir, polarity_extra, "random")._parts().values() for s in p]
     if split != "folds":
-        counts, errors = score(train, parts[split], polarity, compose)
+        counts, errors = score(train, parts[split], polarity, compose, extra, grid)
         n = len(parts[split])
     else:  # each fifth of the training split, matched with the other four fifths' Views (the DataModule's folds)
         fold = np.random.default_rng([data.split_seed, 1]).permutation(len(train)) % FOLDS
         counts, errors = np.zeros(len(COUNTS), dtype=np.int64), collections.Counter()
         for k in range(FOLDS):
             c, e = score([s for s, f in zip(train, fold) if f != k], [s for s, f in zip(train, fold) if f == k],
-                         polarity, compose)
+                         polarity, compose, extra, grid)
             counts, errors = counts + c, errors + e
         n = len(train)
     out = scores(counts.tolist())
@@ -57,11 +67,12 @@ def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, 
     return out
 
 
-def score(train: list, sentences: list, polarity: str, compose: bool) -> tuple[np.ndarray, collections.Counter]:
+def score(train: list, sentences: list, polarity: str, compose: bool, extra: list = (),
+          grid: tuple[float, ...] = (1, 3, 10, 30, 100)) -> tuple[np.ndarray, collections.Counter]:
     """The metric's counts over `sentences` for the dictionary of `train`'s Views, and its errors by kind: Views
     missed (seen in training or not) and extra Views (a piece of a missed unseen View, or not)."""
     views = sorted({a.term for s in train for a in s.aspects})
-    context = ContextPolarity(train) if polarity == "context" else None
+    context = ContextPolarity(train, extra=extra, grid=grid) if polarity == "context" else None
     usual = {}
     for view, counter in _polarity_counts(train).items():
         usual[view] = counter.most_common(1)[0][0]
@@ -92,17 +103,24 @@ def score(train: list, sentences: list, polarity: str, compose: bool) -> tuple[n
 class ContextPolarity:
     """Polarity tags 1..3 of spans from the characters around them (see the module docstring)."""
 
-    def __init__(self, train: list, context: int = 40, grid: tuple[float, ...] = (1, 3, 10, 30, 100)):
+    #: marks each window with the data it came from: the extra round's texts carry another mix of polarities (the
+    #: first round's Views are 56% neutral, the final's 85%), and this character's n-grams let the regression give
+    #: each source its own prior while sharing the context's weights
+    OWN, EXTRA = "\u2460", "\u2461"
+
+    def __init__(self, train: list, context: int = 40, grid: tuple[float, ...] = (1, 3, 10, 30, 100),
+                 extra: list = ()):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
         self.context = context
         texts, labels = [], []
-        for s in train:  # the spans the model trains on: each run of one tag over the labelled mentions
-            for _, a, b, tag in gold_spans(torch.from_numpy(sentence_tags(s)[0])[None]).tolist():
-                texts.append(self._window(s.text, a, b))
-                labels.append(tag)
+        for source, sentences in ((self.OWN, train), (self.EXTRA, extra)):
+            for s in sentences:  # the spans the model trains on: each run of one tag over the labelled mentions
+                for _, a, b, tag in gold_spans(torch.from_numpy(sentence_tags(s)[0])[None]).tolist():
+                    texts.append(source + self._window(s.text, a, b))
+                    labels.append(tag)
         self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
         x = self.vectorizer.fit_transform(texts)
         search = GridSearchCV(LogisticRegression(max_iter=2000), {"C": list(grid)},
@@ -116,7 +134,8 @@ class ContextPolarity:
     def predict(self, text: str, spans: list[tuple[int, int]]) -> list[int]:
         if not spans:
             return []
-        return self.model.predict(self.vectorizer.transform([self._window(text, a, b) for a, b in spans])).tolist()
+        windows = [self.OWN + self._window(text, a, b) for a, b in spans]
+        return self.model.predict(self.vectorizer.transform(windows)).tolist()
 
 
 def _polarity_counts(sentences) -> dict[str, collections.Counter]:
@@ -136,6 +155,10 @@ def main() -> None:
     ap.add_argument("--errors", action="store_true")
     ap.add_argument("--polarity", nargs="+", default=["neu", "majority"], choices=["neu", "majority", "context"])
     ap.add_argument("--compose", nargs="+", default=["no"], choices=["no", "yes"])
+    ap.add_argument("--polarity-extra", choices=["final", "first"],
+                    help="the context polarity also learns from this round's labelled texts (all of them)")
+    ap.add_argument("--c-grid", type=float, nargs="+", default=[1, 3, 10, 30, 100],
+                    help="the context polarity's C values for 5-fold cross-validation")
     args = ap.parse_args()
     print("| round | test Views | polarity | composed | sentences | triple F1 | entity F1 | polarity acc "
           "| unseen recall |")
@@ -145,7 +168,8 @@ def main() -> None:
             for polarity in args.polarity:
                 for compose in args.compose:
                     t0 = time.perf_counter()
-                    m = run(args.data_dir, round_, test_views, args.split, polarity, compose == "yes")
+                    m = run(args.data_dir, round_, test_views, args.split, polarity, compose == "yes",
+                            args.polarity_extra, tuple(args.c_grid))
                     unseen = f"{m['unseen_recall']:.4f}" if "unseen_recall" in m else "-"
                     print(f"| {round_} | {test_views} | {polarity} | {compose} | {m['sentences']} | {m['f1']:.4f} | "
                           f"{m['entity_f1']:.4f} | {m['polarity_acc']:.4f} | {unseen} | "
