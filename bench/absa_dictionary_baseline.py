@@ -9,14 +9,14 @@ on the task's own splits (the same DataModule, so the same sentences).
 `--polarity majority` gives each match the polarity its View most often has in training instead (a stronger floor);
 `--polarity context` decides each match's polarity from the text around it: a logistic regression on the TF-IDF of
 the character 1- to 3-grams of the 40 characters each side (the View itself masked), trained on the training split's
-gold spans (every mention of its Views, tagged as the model's training tags them), its C chosen by 5-fold cross-validation (scikit-learn, the `bench` extra): the simple strong
-baseline for the polarity half of the task; `--polarity-extra first` trains it on the other round's labelled texts as
-well (each window marked with its source, so that each round keeps its own mix of polarities), `--c-grid` sets its
-C values. `--compose yes` joins the matches into Views the list lacks, as
-`dataset.compose_matches` does (brand + model, model + code; datasets/absa.py EntityMatcher). `--split folds` scores
-the training split out of fold: each fifth with the dictionary of the other four (the folds of
-`dataset.match_feature`). `--errors` adds the errors by kind under each row. Prints one table row per setting and
-the wall time.
+gold spans (every mention of its Views, tagged as the model's training tags them), its C chosen by 5-fold
+cross-validation (scikit-learn, the `bench` extra): the simple strong baseline for the polarity half of the task.
+`--polarity-extra first` trains it on the other round's labelled texts as well (each window marked with its source,
+so that each round keeps its own mix of polarities; C is then cross-validated over both); `--c-grid` sets its C
+values. `--compose yes` joins the matches into Views the list lacks, as `dataset.compose_matches` does (brand +
+model, model + code; datasets/absa.py EntityMatcher). `--split folds` scores the training split out of fold: each
+fifth with the dictionary of the other four (the folds of `dataset.match_feature`). `--errors` adds the errors by
+kind under each row. Prints one table row per setting and the wall time.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, 
     parts = data._parts()
     train = parts["train"]
     extra = []  # the other round's labelled texts, all of them: more mentions for the context polarity to learn from
-    if polarity_extra and polarity_extra != round_:
+    if polarity == "context" and polarity_extra and polarity_extra != round_:
         extra = [s for p in _data(data_dir, polarity_extra, "random")._parts().values() for s in p]
     if split != "folds":
         counts, errors = score(train, parts[split], polarity, compose, extra, grid)
@@ -116,7 +116,8 @@ class ContextPolarity:
 
         self.context = context
         texts, labels = [], []
-        for source, sentences in ((self.OWN, train), (self.EXTRA, extra)):
+        self.mark = self.OWN if extra else ""  # without extra texts, the windows as they are
+        for source, sentences in ((self.mark, train), (self.EXTRA, extra)):
             for s in sentences:  # the spans the model trains on: each run of one tag over the labelled mentions
                 for _, a, b, tag in gold_spans(torch.from_numpy(sentence_tags(s)[0])[None]).tolist():
                     texts.append(source + self._window(s.text, a, b))
@@ -134,7 +135,7 @@ class ContextPolarity:
     def predict(self, text: str, spans: list[tuple[int, int]]) -> list[int]:
         if not spans:
             return []
-        windows = [self.OWN + self._window(text, a, b) for a, b in spans]
+        windows = [self.mark + self._window(text, a, b) for a, b in spans]
         return self.model.predict(self.vectorizer.transform(windows)).tolist()
 
 
@@ -160,6 +161,10 @@ def main() -> None:
     ap.add_argument("--c-grid", type=float, nargs="+", default=[1, 3, 10, 30, 100],
                     help="the context polarity's C values for 5-fold cross-validation")
     args = ap.parse_args()
+    if min(args.c_grid) <= 0:
+        ap.error("--c-grid: C values must be positive")
+    if args.polarity_extra and (args.polarity_extra in args.round or "context" not in args.polarity):
+        print(f"(--polarity-extra {args.polarity_extra} applies to --polarity context on the other round only)")
     print("| round | test Views | polarity | composed | sentences | triple F1 | entity F1 | polarity acc "
           "| unseen recall |")
     print("|---|---|---|---|---|---|---|---|---|")

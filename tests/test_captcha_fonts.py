@@ -192,7 +192,25 @@ def test_affine_with_no_shear_is_unchanged_and_a_shear_moves_columns_by_rows():
     assert abs(bent[0, 0, 0].argmax().item() - bent[0, 0, -1].argmax().item()) == 4
 
 
-def test_warp_moves_pixels_by_a_smooth_field_of_at_most_the_given_pixels():
+def test_rotation_turns_a_wide_image_by_the_angle_in_pixels():
+    from trainer.datasets import image_augment as aug
+    u = np.full((1, aug.DRAWS["affine"]), 0.5)
+    u[0, 0] = 1.0  # the largest turn: +degrees
+    cross = torch.zeros(1, 1, 41, 121)  # wide, as captchas are: affine_grid scales x and y apart
+    cross[0, 0, :, 60] = 1.0
+    turned = aug.affine(cross, u, degrees=10.0)
+    rows = torch.arange(5, 36)
+    cols = turned[0, 0, rows].argmax(-1).float()
+    lean = np.polyfit(rows.numpy(), cols.numpy(), 1)[0]  # columns per row of the turned vertical bar
+    flat = torch.zeros(1, 1, 41, 121)
+    flat[0, 0, 20, :] = 1.0
+    turned = aug.affine(flat, u, degrees=10.0)
+    xs = torch.arange(30, 91)
+    tilt = np.polyfit(xs.numpy(), turned[0, 0, :, xs].argmax(0).float().numpy(), 1)[0]  # rows per column
+    assert abs(abs(lean) - np.tan(np.radians(10))) < 0.02 and abs(abs(tilt) - np.tan(np.radians(10))) < 0.02
+
+
+def test_warp_moves_pixels_by_a_smooth_field_of_about_the_given_pixels():
     from trainer.datasets import image_augment as aug
     x = torch.zeros(2, 1, 24, 48)
     x[:, 0, :, 24] = 1.0  # a vertical bar
@@ -202,32 +220,43 @@ def test_warp_moves_pixels_by_a_smooth_field_of_at_most_the_given_pixels():
     bent = aug.warp(x, u, pixels=3.0)
     assert not torch.equal(bent[0], bent[1])  # each sample its own field
     cols = bent[:, 0].argmax(-1)  # where the bar is on each row
-    assert cols.sub(24).abs().max() <= 3 and cols.sub(24).abs().max() >= 1
+    assert 1 <= cols.sub(24).abs().max() <= 3 * 1.45  # the control points move up to 3, bicubic overshoots by < 45%
     assert cols.diff(dim=1).abs().max() <= 1  # smooth: neighbouring rows move alike, the bar stays one stroke
     u[:, :] = 1.0  # the whole field at its largest: every pixel moves by `pixels` (bicubic overshoots nowhere)
     assert torch.equal(aug.warp(x, u, pixels=3.0)[:, 0].argmax(-1)[:, 4:-4], torch.full((2, 16), 21))
 
 
 def test_rotation_zoom_and_warp_distort_only_training_captchas_seeded(tmp_path):
-    def train_x(**kw):
-        d = CaptchaData(fonts=["captcha"], train_size=8, val_size=0, test_size=0, cache_dir=str(tmp_path), **SMALL,
+    def train_x(split="train", **kw):
+        d = CaptchaData(fonts=["captcha"], train_size=8, val_size=4, test_size=0, cache_dir=str(tmp_path), **SMALL,
                         **kw)
         d.setup("fit")
-        return d.splits["train"].__getitems__(list(range(8)))["x"]
+        return d.splits[split].__getitems__(list(range(4 if split == "val" else 8)))["x"]
 
     plain = train_x()
-    for kw in ({"train_rotation": 8}, {"train_zoom": 0.2}, {"train_warp": 1.5}):
+    for kw in ({"train_rotation": 8}, {"train_zoom": 0.2}, {"train_warp": 1.0}):
         x = train_x(**kw)
         assert not torch.equal(x, plain) and torch.equal(x, train_x(**kw)), kw
-    # a shear alone draws what it drew before warps existed: the warp's uniforms come after the affine's
-    assert torch.equal(train_x(train_shear=0.3, train_warp=0.0), train_x(train_shear=0.3))
+        assert torch.equal(train_x("val", **kw), train_x("val")), kw  # validation captchas are drawn as rendered
+    # a shear alone draws what it drew before warps existed: the affine reads the first six uniforms of each sample
+    # either way, and the warp's come after them
+    from trainer.datasets import image_augment as aug
+    idx = np.arange(8)
+    both = per_sample_uniform(0, 0, idx, aug.DRAWS["affine"] + aug.DRAWS["warp"])
+    assert np.array_equal(both[:, :aug.DRAWS["affine"]], per_sample_uniform(0, 0, idx, aug.DRAWS["affine"]))
+    sheared = aug.affine(plain, per_sample_uniform(0, 0, idx, aug.DRAWS["affine"]), shear=0.3, fill=1.0)
+    assert torch.equal(train_x(train_shear=0.3, seed=0), sheared)
     with pytest.raises(UserError, match="dataset.train_warp"):
         check_section(_node(train_warp=-1), "dataset")
+    # a warp that would fold captchas of this size over themselves: one line with the largest that does not
+    with pytest.raises(UserError, match=r"^dataset.train_warp=3.0 can fold 32x12 captchas over themselves: set it "
+                                        r"to at most 1.1 pixels at this size$"):
+        train_x(train_warp=3.0)
 
 
 def test_test_font_share_draws_that_share_of_training_captchas_in_the_test_fonts(tmp_path):
-    def train_fonts(**kw):
-        return CaptchaData(fonts=["captcha", "matplotlib"], held_out_fonts=HELD, cache_dir=str(tmp_path), **SMALL,
+    def train_fonts(fonts=("captcha", "matplotlib"), held_out_fonts=tuple(HELD), **kw):
+        return CaptchaData(fonts=fonts, held_out_fonts=held_out_fonts, cache_dir=str(tmp_path), **SMALL,
                            **kw).resolve_fonts()["train"]
 
     plain, shared = train_fonts(), train_fonts(test_font_share=0.25)
@@ -236,10 +265,22 @@ def test_test_font_share_draws_that_share_of_training_captchas_in_the_test_fonts
     drawn = [font_of(seed, shared) for seed in range(4000)]
     assert 0.22 < drawn.count(droid) / len(drawn) < 0.30
     assert train_fonts(test_font_share=0.01) == plain  # already drawn that often
+    # two test fonts share it: each drawn about half as often
+    mono = next(str(f) for f in fontpool.named_fonts("matplotlib") if f.stem == "DejaVuSansMono")
+    two = train_fonts(test_font_share=0.4, test_fonts=["captcha", mono])
+    drawn = [font_of(seed, two) for seed in range(4000)]
+    assert 0.36 < (drawn.count(droid) + drawn.count(mono)) / len(drawn) < 0.44
+    assert 0.15 < drawn.count(mono) / len(drawn) < 0.25
+    # the same file under another path is the same font (as dataset.fonts counts fonts), listed by its pool path
+    copy = shutil.copy(droid, tmp_path / "MyDroid.ttf")
+    assert set(train_fonts(test_font_share=0.25, test_fonts=[str(copy)])) == set(plain)
     cmr10 = next(str(f) for f in fontpool.named_fonts("matplotlib") if f.stem == "cmr10")
-    with pytest.raises(UserError, match="^dataset.test_font_share: the test fonts must be training fonts, and cmr10 "
-                                        "is held out or not in dataset.fonts; train on them or set "):
+    with pytest.raises(UserError, match="^dataset.test_font_share: the test font cmr10 is not a training font; "
+                                        "remove it from dataset.held_out_fonts, or set dataset.test_font_share=0$"):
         train_fonts(test_font_share=0.25, test_fonts=[cmr10])
+    with pytest.raises(UserError, match="^dataset.test_font_share: the test font DejaVuSansMono is not a training "
+                                        "font; add it to dataset.fonts, or set dataset.test_font_share=0$"):
+        train_fonts(fonts=["captcha"], held_out_fonts=[], test_font_share=0.25, test_fonts=[mono])
 
 
 def test_a_named_font_set_whose_package_is_missing_is_one_line(monkeypatch):

@@ -437,9 +437,9 @@ class CaptchaData(DataModule):
         train_stroke: Annotated[float, Interval(ge=0, le=1)] = 0.0,
         train_shear: Annotated[float, Interval(ge=0, le=1)] = 0.0,
         train_rotation: Annotated[float, Interval(ge=0, le=45)] = 0.0,
-        train_zoom: Annotated[float, Interval(ge=0, le=1)] = 0.0,
+        train_zoom: Annotated[float, Interval(ge=0, le=0.5)] = 0.0,
         train_warp: Annotated[float, Interval(ge=0, le=8)] = 0.0,
-        test_font_share: Annotated[float, Interval(ge=0, lt=1)] = 0.0,
+        test_font_share: Annotated[float, Interval(ge=0, le=0.9)] = 0.0,
         **loader: Any,
     ):
         super().__init__(**loader)
@@ -458,6 +458,9 @@ class CaptchaData(DataModule):
         self.pending: dict[str, _Pending] = {}
         self.train_stroke, self.test_font_share = train_stroke, test_font_share
         self.distortion = {"shear": train_shear, "degrees": train_rotation, "zoom": train_zoom, "warp": train_warp}
+        if train_warp > aug.warp_limit(height, width):
+            raise UserError(f"dataset.train_warp={train_warp} can fold {width}x{height} captchas over themselves: "
+                            f"set it to at most {aug.warp_limit(height, width):.1f} pixels at this size")
 
     def resolve_fonts(self) -> dict[str, tuple[str, ...]]:
         """The font files of each split: train draws from the pool less the held-out fonts, val/test from
@@ -467,7 +470,7 @@ class CaptchaData(DataModule):
         train, held = fontpool.split_held_out(pool, self.held_out_names, "dataset.held_out_fonts")
         test = fontpool.resolve(self.test_font_entries, chars, "dataset.test_fonts")
         if self.test_font_share:
-            train = fontpool.with_share(train, test, self.test_font_share, "dataset.test_font_share")
+            train = fontpool.with_share(train, held, test, self.test_font_share, "dataset.test_font_share")
         out = {"train": train, "val": test, "test": test}
         if held:
             out.update(val_unseen=held, test_unseen=held)
@@ -497,7 +500,8 @@ class CaptchaData(DataModule):
         # (the training list repeats the test fonts under test_font_share: each font named once)
         names = {split: ", ".join(dict.fromkeys(Path(f).stem for f in fs)) for split, fs in self.split_fonts.items()}
         train = self.split_fonts["train"]
-        share = sum(f in self.split_fonts["test"] for f in train) / len(train)
+        test_names = {Path(f).stem for f in self.split_fonts["test"]}
+        share = sum(Path(f).stem in test_names for f in train) / len(train)
         log.info(f"captcha fonts: train in {len(set(train))} ({names['train']}"
                  + (f"; {share:.0%} of captchas in the test fonts" if self.test_font_share else "") + "); val/test in "
                  f"{names['test']}" + (f"; val_unseen/test_unseen in {len(self.split_fonts['test_unseen'])} held "

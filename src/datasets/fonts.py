@@ -179,17 +179,21 @@ def split_held_out(pool: list[Path], names: Sequence[str], where: str) -> tuple[
     return train, [f for f in pool if f in held]
 
 
-def with_share(train: list[Path], fonts: list[Path], share: float, where: str) -> list[Path]:
+def with_share(train: list[Path], held: list[Path], fonts: list[Path], share: float, where: str) -> list[Path]:
     """`train` with `fonts` listed again, as often as it takes for about `share` of the captchas to be drawn in them
-    (each captcha's font is a uniform pick from the list); unchanged when they already have that share."""
-    missing = [f.stem for f in fonts if f not in train]
-    if missing:
-        raise UserError(f"{where}: the test fonts must be training fonts, and {', '.join(missing)} "
-                        f"{'is' if len(missing) == 1 else 'are'} held out or not in dataset.fonts; "
-                        f"train on them or set {where}=0")
+    (each captcha's font is a uniform pick from the list); unchanged when they already have at least that share.
+    A font is matched by content, as `resolve` counts it, so the same file reached by another path is the same font."""
+    def sha(f: Path) -> str:
+        return hashlib.sha1(Path(f).read_bytes()).hexdigest()
+
+    in_train, in_held = {sha(f): f for f in train}, {sha(f) for f in held}
+    for f in fonts:
+        if sha(f) not in in_train:
+            fix = ("remove it from dataset.held_out_fonts" if sha(f) in in_held else "add it to dataset.fonts")
+            raise UserError(f"{where}: the test font {f.stem} is not a training font; {fix}, or set {where}=0")
     n, k = len(train), len(fonts)
     copies = round((share * n - k) / (k * (1 - share)))  # solves k (1 + c) / (n + k c) = share for c
-    return train + list(fonts) * max(copies, 0)
+    return train + [in_train[sha(f)] for f in fonts] * max(copies, 0)
 
 
 def digest(fonts: Sequence[Path]) -> str:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 #: How many uniforms each augmentation consumes per sample (callers size `per_sample_uniform` with these).
 DRAWS = {"hflip": 1, "pad_crop": 2, "erase": 5, "quadrant_mask": 2, "affine": 6}
-#: The control points of `warp`'s displacement field (rows, columns); it draws two uniforms (x, y) per point.
+#: The control points of `warp`'s displacement field (rows, columns); it draws two uniforms per point, the x
+#: displacements of all points, then their y displacements.
 WARP_GRID = (3, 8)
 DRAWS["warp"] = 2 * WARP_GRID[0] * WARP_GRID[1]
 
@@ -109,10 +110,12 @@ def affine(x: torch.Tensor, u: np.ndarray, degrees: float = 0.0, zoom: tuple[flo
     ty = (uu[:, 3] * 2 - 1) * translate * 2
     mirror = torch.where(uu[:, 4] < flip_p, -1.0, 1.0)
     cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
-    # a shear of k pixels per pixel is k * h / w in affine_grid's [-1, 1] coordinates (x and y are scaled apart)
-    k = (uu[:, 5] * 2 - 1) * shear * h / w
-    theta = torch.stack([torch.stack([(cos + k * sin) * mirror, k * cos - sin, tx], 1),  # shear after the rotation
-                         torch.stack([sin * mirror, cos, ty], 1)], 1)
+    k = (uu[:, 5] * 2 - 1) * shear
+    # in pixels, the shear after the rotation: [[1, k], [0, 1]] @ [[cos, -sin], [sin, cos]]; affine_grid's [-1, 1]
+    # coordinates scale x by 2/w and y by 2/h, so on a wide image the off-diagonal terms take a factor h/w or w/h
+    a = w / h
+    theta = torch.stack([torch.stack([(cos + k * sin) * mirror, (k * cos - sin) / a, tx], 1),
+                         torch.stack([sin * a * mirror, cos, ty], 1)], 1)
     oh, ow = out_size or (h, w)
     grid = F.affine_grid(theta, [b, c, oh, ow], align_corners=False)
     if fill == 0.0:
@@ -121,10 +124,19 @@ def affine(x: torch.Tensor, u: np.ndarray, degrees: float = 0.0, zoom: tuple[flo
     return F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
 
 
+def warp_limit(height: int, width: int) -> float:
+    """The largest `warp` pixels for an image of this size that never folds it: a quarter of the control points'
+    spacing. (Two neighbouring points displaced oppositely, with the bicubic overshoot, make the field's slope about
+    3 * pixels / spacing at worst: 0.76 at a quarter, measured over 20,000 fields; at 1 the image folds.)"""
+    rows, cols = WARP_GRID
+    return 0.25 * min(width / (cols - 1), height / (rows - 1))
+
+
 def warp(x: torch.Tensor, u: np.ndarray, pixels: float, fill: float = 0.0) -> torch.Tensor:
-    """Move every pixel by a smooth random displacement of up to `pixels` in x and in y: uniform displacements at the
-    `WARP_GRID` control points, upsampled bicubically to the image, so strokes bend and thicken locally rather than
-    the whole image moving (a glyph's shape changes, as from one typeface to another)."""
+    """Move every pixel by a smooth random displacement: uniform displacements of up to `pixels` in x and in y at
+    the `WARP_GRID` control points, upsampled bicubically to the image (which overshoots them between points by up to
+    ~40%), so strokes bend and thicken locally rather than the whole image moving (a glyph's shape changes, as from
+    one typeface to another). Past `warp_limit` the field can fold the image over itself."""
     b, c, h, w = x.shape
     rows, cols = WARP_GRID
     field = (_u(u, x.device).view(b, 2, rows, cols) * 2 - 1) * pixels
