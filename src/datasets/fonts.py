@@ -154,7 +154,7 @@ def resolve(entries: Sequence[str], chars: str, where: str) -> list[Path]:
                                     "character of dataset.alphabet (upper case too)")
                 log.warning(f"{where}: skipping {f}: no glyph for '{missing}'")
                 continue
-            digest = hashlib.sha1(f.read_bytes()).hexdigest()
+            digest = content_sha(f)
             if digest not in seen:  # the same font under two names or in two folders counts once
                 seen.add(digest)
                 out.append(f)
@@ -183,22 +183,24 @@ def with_share(train: list[Path], held: list[Path], fonts: list[Path], share: fl
     """`train` with `fonts` listed again, as often as it takes for about `share` of the captchas to be drawn in them
     (each captcha's font is a uniform pick from the list); unchanged when they already have at least that share.
     A font is matched by content, as `resolve` counts it, so the same file reached by another path is the same font."""
-    def sha(f: Path) -> str:
-        return hashlib.sha1(Path(f).read_bytes()).hexdigest()
-
-    in_train, in_held = {sha(f): f for f in train}, {sha(f) for f in held}
+    in_train, in_held = {content_sha(f): f for f in train}, {content_sha(f) for f in held}
     for f in fonts:
-        if sha(f) not in in_train:
-            fix = ("remove it from dataset.held_out_fonts" if sha(f) in in_held else "add it to dataset.fonts")
+        if content_sha(f) not in in_train:
+            fix = "remove it from dataset.held_out_fonts" if content_sha(f) in in_held else "add it to dataset.fonts"
             raise UserError(f"{where}: the test font {f.stem} is not a training font; {fix}, or set {where}=0")
     n, k = len(train), len(fonts)
     copies = round((share * n - k) / (k * (1 - share)))  # solves k (1 + c) / (n + k c) = share for c
-    return train + [in_train[sha(f)] for f in fonts] * max(copies, 0)
+    return train + [in_train[content_sha(f)] for f in fonts] * max(copies, 0)
+
+
+def content_sha(font: str | Path) -> str:
+    """The SHA-1 of a font file's bytes: what makes two paths the same font."""
+    return hashlib.sha1(Path(font).read_bytes()).hexdigest()
 
 
 def digest(fonts: Sequence[Path]) -> str:
     """A hash of the fonts' file names and contents, in order (the order decides which font draws which sample)."""
     h = hashlib.sha1()
     for f in fonts:
-        h.update(f.name.encode() + b"\0" + hashlib.sha1(Path(f).read_bytes()).digest())
+        h.update(f.name.encode() + b"\0" + bytes.fromhex(content_sha(f)))
     return h.hexdigest()[:10]
