@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.datasets.captcha import ALPHABET, CaptchaData, CaptchaFolder, cached_split, render
+from trainer.datasets.captcha import ALPHABET, CaptchaData, CaptchaFolder, cached_split, render, shown_text
 from trainer.errors import UserError
 
 
@@ -32,6 +32,7 @@ def test_labels_are_lower_case_of_mixed_case_draws():
     drawn = [draw(s) for s in range(200)]
     assert any(ch.isupper() for d in drawn for ch in d) and any(ch.islower() for d in drawn for ch in d)
     assert [render(s, size=(32, 12))[1] for s in range(5)] == [d.lower() for d in drawn[:5]]
+    assert [shown_text(s) for s in range(200)] == drawn
 
 
 def test_cache_is_written_once_and_memory_mapped(tmp_path):

@@ -86,7 +86,7 @@ def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
     import captcha.image as cimg
 
     rng = random.Random(seed)
-    text = "".join(rng.choice(drawn_from(alphabet)) for _ in range(length))
+    text = _draw_text(rng, length, alphabet)
     font = _pick(rng, fonts)
     gen = _generators.get((width, height, font))
     if gen is None:
@@ -106,6 +106,15 @@ def render(seed: int, length: int = 4, width: int = 160, height: int = 60,
     return np.asarray(image), text.lower()
 
 
+def _draw_text(rng: random.Random, length: int, alphabet: str) -> str:
+    return "".join(rng.choice(drawn_from(alphabet)) for _ in range(length))
+
+
+def shown_text(seed: int, length: int = 4, alphabet: str = ALPHABET) -> str:
+    """The mixed-case text captcha `seed` shows (its label is this, lower-cased)."""
+    return _draw_text(random.Random(seed), length, alphabet)
+
+
 def _pick(rng: random.Random, fonts: tuple[str, ...]) -> str | None:
     return (fonts[rng.randrange(len(fonts))] if len(fonts) > 1 else fonts[0]) if fonts else None
 
@@ -113,8 +122,7 @@ def _pick(rng: random.Random, fonts: tuple[str, ...]) -> str | None:
 def font_of(seed: int, fonts: tuple[str, ...], length: int = 4, alphabet: str = ALPHABET) -> str | None:
     """The font `render` draws captcha `seed` in."""
     rng = random.Random(seed)
-    for _ in range(length):
-        rng.choice(drawn_from(alphabet))
+    _draw_text(rng, length, alphabet)
     return _pick(rng, fonts)
 
 
