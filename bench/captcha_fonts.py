@@ -102,7 +102,8 @@ def main() -> None:
     for group, font in groups:
         row = {"group": group, "font": font.stem}
         for path, model, data in models:
-            key = (str(font), data["width"], data["height"])
+            key = (str(font), *(data.get(k) for k in ("width", "height", "length", "alphabet", "render_width",
+                                                          "render_height")))
             if key not in cache:
                 cache[key] = renders(str(font), args.n, data)
             seen = font.resolve() in trained_on[path]
