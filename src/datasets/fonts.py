@@ -184,13 +184,14 @@ def with_share(train: list[Path], held: list[Path], fonts: list[Path], share: fl
     (each captcha's font is a uniform pick from the list); unchanged when they already have at least that share.
     A font is matched by content, as `resolve` counts it, so the same file reached by another path is the same font."""
     in_train, in_held = {content_sha(f): f for f in train}, {content_sha(f) for f in held}
-    for f in fonts:
-        if content_sha(f) not in in_train:
-            fix = "remove it from dataset.held_out_fonts" if content_sha(f) in in_held else "add it to dataset.fonts"
+    shas = [content_sha(f) for f in fonts]
+    for f, sha in zip(fonts, shas):
+        if sha not in in_train:
+            fix = "remove it from dataset.held_out_fonts" if sha in in_held else "add it to dataset.fonts"
             raise UserError(f"{where}: the test font {f.stem} is not a training font; {fix}, or set {where}=0")
     n, k = len(train), len(fonts)
     copies = round((share * n - k) / (k * (1 - share)))  # solves k (1 + c) / (n + k c) = share for c
-    return train + [in_train[content_sha(f)] for f in fonts] * max(copies, 0)
+    return train + [in_train[sha] for sha in shas] * max(copies, 0)
 
 
 def content_sha(font: str | Path) -> str:
