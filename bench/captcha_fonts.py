@@ -46,23 +46,38 @@ def load_model(path: str) -> tuple[torch.nn.Module, dict]:
 
 def renders(font: str, n: int, data: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The checkpoint's captchas (its length, alphabet and sizes) drawn in one font, by the task's own renderer, and
-    where each shows an upper-case I or a lower-case l."""
+    the mixed-case characters each shows."""
     length, alphabet = data.get("length", 4), data.get("alphabet", ALPHABET)
     render_size = (data.get("render_width", 160), data.get("render_height", 60))
     _, _, images, labels = _render_chunk((SEED, 0, n, length, data["width"], data["height"], render_size, alphabet,
                                           (font,), 0.0))
-    bars = np.array([[c in "Il" for c in shown_text(_seed(SEED, i), length, alphabet)] for i in range(n)])
-    return images[:, None], labels, bars
+    shown = np.array([list(shown_text(_seed(SEED, i), length, alphabet)) for i in range(n)])
+    return images[:, None], labels, shown
 
 
 @torch.inference_mode()
-def accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, bars: np.ndarray, alphabet: str) -> tuple[float, float]:
-    """Whole-captcha accuracy, and the same with I and l taken for each other where the captcha shows one of them."""
-    pred = np.concatenate([model(torch.from_numpy(x[a:a + 256]).float().div_(255.0)).argmax(-1).numpy()
+def read(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([model(torch.from_numpy(x[a:a + 256]).float().div_(255.0)).argmax(-1).numpy()
                            for a in range(0, len(x), 256)])
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray, shown: np.ndarray, alphabet: str) -> tuple[float, float]:
+    """Whole-captcha accuracy, and the same with I and l taken for each other where the captcha shows one of them."""
     i_or_l = [alphabet.index(c) for c in "il" if c in alphabet]
-    forgiven = bars & np.isin(pred, i_or_l)
+    forgiven = np.isin(shown, ["I", "l"]) & np.isin(pred, i_or_l)
     return float((pred == y).all(1).mean()), float(((pred == y) | forgiven).all(1).mean())
+
+
+def bar_reads(pred: np.ndarray, shown: np.ndarray, alphabet: str) -> str:
+    """How the shown I and l glyphs were read: right, or as the other's label."""
+    out = []
+    for glyph, other in (("I", "l"), ("l", "i")):
+        at = shown == glyph
+        if at.any() and other in alphabet:
+            right = (pred[at] == alphabet.index(glyph.lower())).mean()
+            swapped = (pred[at] == alphabet.index(other)).mean()
+            out.append(f"{glyph} ({at.sum()}): {right:.0%} right, {swapped:.0%} as {other}")
+    return "; ".join(out)
 
 
 def both(row: dict, path: str) -> str:
@@ -79,6 +94,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300, help="captchas per font")
     parser.add_argument("--outside", nargs="*", default=[], help="font files or folders in no pool")
     parser.add_argument("--json", help="write the table here too")
+    parser.add_argument("--only", nargs="*", help="read only the fonts of these file stems (e.g. DejaVuSans cmss10)")
+    parser.add_argument("--bars", action="store_true", help="also say, font by font, how each shown I and l was read")
     args = parser.parse_args()
 
     from hydra import compose, initialize_config_module
@@ -89,6 +106,8 @@ def main() -> None:
     train, held = fontpool.split_held_out(pool, list(current.held_out_fonts), "dataset.held_out_fonts")
     outside = fontpool.resolve(args.outside, chars, "--outside") if args.outside else []
     groups = [("seen", f) for f in train] + [("held out", f) for f in held] + [("outside", f) for f in outside]
+    if args.only:
+        groups = [(g, f) for g, f in groups if f.stem in args.only]
 
     models = [(p, *load_model(p)) for p in args.ckpts]
     trained_on = {}  # the fonts each checkpoint trained on (the package's alone before font pools)
@@ -107,10 +126,16 @@ def main() -> None:
             if key not in cache:
                 cache[key] = renders(str(font), args.n, data)
             seen = font.resolve() in trained_on[path]
-            row[path], row[f"{path} I=l"] = accuracy(model, *cache[key], data.get("alphabet", ALPHABET))
+            x, y, shown = cache[key]
+            pred, alphabet = read(model, x), data.get("alphabet", ALPHABET)
+            row[path], row[f"{path} I=l"] = accuracy(pred, y, shown, alphabet)
             row[f"{path} seen"] = seen
+            row[f"{path} bars"] = bar_reads(pred, shown, alphabet) if args.bars else ""
         rows.append(row)
         print(f"{group:9s} {font.stem:28s} " + " ".join(both(row, p) for p, *_ in models), flush=True)
+        for path, *_ in models:
+            if row[f"{path} bars"]:
+                print(f"          {path}: {row[f'{path} bars']}")
     print(f"({args.n} captchas a font, {time.monotonic() - t0:.0f} s; in brackets: I and l taken for each other)")
     for group in ("seen", "held out", "outside"):
         part = [r for r in rows if r["group"] == group]
