@@ -7,6 +7,7 @@ a checkpoint reads them and the whole-captcha accuracy is reported per font and 
   - outside: fonts given with --outside (files or folders), in no pool: the check against fonts nobody chose with.
 
     python bench/captcha_fonts.py CKPT [CKPT ...] [--n 300] [--outside FONT_OR_DIR ...] [--json out.json]
+        [--only FONT_STEM ...] [--bars]
 
 Fonts are grouped by the project's current dataset config, so old and new checkpoints are read on the same renders;
 the last lines give each checkpoint's accuracy over the fonts it never trained on (its own dataset.fonts less its
@@ -57,6 +58,7 @@ def renders(font: str, n: int, data: dict) -> tuple[np.ndarray, np.ndarray, np.n
 
 @torch.inference_mode()
 def read(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """The label the model reads at each position of each captcha, in batches of 256."""
     return np.concatenate([model(torch.from_numpy(x[a:a + 256]).float().div_(255.0)).argmax(-1).numpy()
                            for a in range(0, len(x), 256)])
 
