@@ -651,3 +651,24 @@ def test_the_rounds_experiment_is_five_rounds_that_each_take_the_first_rounds_se
         assert stages[name].stage.pseudo_label.split == "unlabelled"
         assert stages[name].stage.init.checkpoint == ("RUN/best.pt" if name == "self_train" else "previous")
         assert stages[name].optim.lr == 1e-5 and stages[name].model.bag_dropout > 0
+
+
+def _bench(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ensemble_bench_scores_a_checkpoint_as_the_trainer_does_and_averages_in_probability(snownlp_run):
+    bench = _bench("lm_sentiment_ensemble")  # docs/results.md quotes its figures
+    logits, labels, _ = bench.checkpoint_logits(str(snownlp_run / "checkpoints" / "best.pt"), ("test",))
+    p = 1 / (1 + np.exp(-logits["test"]))
+    acc = bench.ensemble_accuracy([p], labels)
+    assert acc == pytest.approx(json.loads((snownlp_run / "results.json").read_text())["test"]["test/acc"])
+    assert bench.ensemble_accuracy([p, p], labels) == acc
+    # the mean of the probabilities decides: 0.65 and 0.3, both right, though the second model is wrong on the first
+    assert bench.ensemble_accuracy([np.array([0.9, 0.2]), np.array([0.4, 0.4])], np.array([1, 0])) == 1.0
