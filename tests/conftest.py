@@ -49,3 +49,13 @@ def latest_run(workdir: Path, task: str = "captcha") -> Path:
     dirs = run_dirs(workdir, task)
     assert dirs, f"no run directory under {workdir / 'outputs' / task}"
     return dirs[-1]
+
+
+def bench_module(name: str):
+    """A script of bench/ imported as a module, for tests of the figures docs/results.md quotes from it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,15 +1,11 @@
 """bench/captcha_fonts.py's scoring: the I=l figures and per-glyph reads in docs/results.md come from these two
 functions, so they are checked on hand-counted captchas."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
+from conftest import bench_module
 from trainer.datasets.captcha import ALPHABET
 
-_spec = importlib.util.spec_from_file_location("captcha_fonts", Path(__file__).parent.parent / "bench" / "captcha_fonts.py")
-captcha_fonts = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(captcha_fonts)
+captcha_fonts = bench_module("captcha_fonts")
 
 
 def _ids(text: str) -> list[int]:

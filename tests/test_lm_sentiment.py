@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli, latest_run
+from conftest import bench_module, cli, latest_run
 from trainer.datasets.imdb import ChunkDataset, SentimentReviews, read_acl_imdb
 from trainer.datasets.review_text import PAD, Vocabulary, chars, encode, tokenize, words
 from trainer.errors import UserError
@@ -653,18 +653,8 @@ def test_the_rounds_experiment_is_five_rounds_that_each_take_the_first_rounds_se
         assert stages[name].optim.lr == 1e-5 and stages[name].model.bag_dropout > 0
 
 
-def _bench(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_ensemble_bench_scores_a_checkpoint_as_the_trainer_does_and_averages_in_probability(snownlp_run):
-    bench = _bench("lm_sentiment_ensemble")  # docs/results.md quotes its figures
+    bench = bench_module("lm_sentiment_ensemble")  # docs/results.md quotes its figures
     logits, labels, _ = bench.checkpoint_logits(str(snownlp_run / "checkpoints" / "best.pt"), ("test",))
     p = 1 / (1 + np.exp(-logits["test"]))
     acc = bench.ensemble_accuracy([p], labels)
