@@ -13,7 +13,9 @@ scored on the test split of the checkpoints' own protocol:
 
 Each checkpoint's DataModule is rebuilt from its own config and state (vocabulary), under the trainer's trust check
 (trainer.trust: a checkpoint's config names only the project's classes); the test reviews must come in the same
-order and with the same labels for all of them. Needs scikit-learn for --linear (pip install -e '.[bench]').
+order and with the same labels for all of them. A checkpoint of an ensemble (`model.bag_member=true`) is scored as the
+trainer scores it, by its members' mean probability, and each member alone beside it. Needs scikit-learn for
+--linear (pip install -e '.[bench]').
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def checkpoint_logits(path: str, splits: tuple[str, ...]) -> tuple[dict[str, np.
     from omegaconf import OmegaConf
 
     from trainer import checkpoint as ckpt
+    from trainer.models.heads.classification import logits_of
     from trainer.trust import check_config
 
     state = ckpt.load(path)
@@ -52,7 +55,10 @@ def checkpoint_logits(path: str, splits: tuple[str, ...]) -> tuple[dict[str, np.
     out = {}
     with torch.inference_mode():
         for split in splits:
-            out[split] = torch.cat([model(batch["x"]).reshape(-1) for batch in data.loader(split)]).numpy()
+            outputs = [model(batch["x"]) for batch in data.loader(split)]
+            out[split] = torch.cat([logits_of(o).reshape(-1) for o in outputs]).numpy()
+            if isinstance(outputs[0], dict) and "members" in outputs[0]:  # an ensemble: each member's logits too
+                out[f"{split} members"] = torch.cat([o["members"] for o in outputs], 1).numpy()
     return out, np.asarray(data.splits["test"].labels), data
 
 
@@ -87,7 +93,11 @@ def main() -> None:
             raise SystemExit(f"{path}: its test split differs from {args.checkpoints[0]}'s (another protocol or seed)")
         probabilities.append(1 / (1 + np.exp(-logits["test"])))
         results[path] = round(ensemble_accuracy(probabilities[-1:], labels), 4)
-        print(f"{path}: test acc {results[path]:.4f} ({time.time() - t0:.0f}s)", flush=True)
+        members = [round(ensemble_accuracy([1 / (1 + np.exp(-m))], labels), 4) for m in logits.get("test members", [])]
+        if members:
+            results[f"{path} members"] = members
+        print(f"{path}: test acc {results[path]:.4f}{f' (its members: {members})' if members else ''} "
+              f"({time.time() - t0:.0f}s)", flush=True)
     if len(probabilities) > 1:
         results["mean"] = round(ensemble_accuracy(probabilities, labels), 4)
         print(f"mean of the {len(probabilities)}: test acc {results['mean']:.4f}", flush=True)

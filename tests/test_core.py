@@ -190,6 +190,21 @@ def test_param_groups_skip_decay_on_biases_and_norms():
     assert len(groups[0]["params"]) == 1 and len(groups[1]["params"]) == 3 and groups[1]["weight_decay"] == 0
 
 
+def test_lr_scale_puts_the_matching_parameters_in_groups_of_their_own_at_a_multiple_of_the_rate():
+    net = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    groups = param_groups(net, 0.1, {"^1[.]": 10.0}, lr=1e-3)
+    assert [(len(g["params"]), g["weight_decay"], g.get("lr")) for g in groups] == [
+        (1, 0.1, None), (1, 0.0, None), (2, 0.0, 1e-2)]  # the LayerNorm's two, undecayed, at 10x
+    assert [g.get("lr") for g in param_groups(net, None, {"^0[.]": 2.0, "weight": 5.0}, lr=1.0)] == [None, 2.0, 5.0]
+    with pytest.raises(UserError, match="matches no trainable parameter"):
+        param_groups(net, None, {"^nothing": 2.0}, lr=1.0)
+    with pytest.raises(UserError, match="lr_scale multiplies optim.lr"):
+        param_groups(net, None, {"^0": 2.0}, lr=None)
+    for bad, why in [({"(": 2.0}, "not a regular expression"), ({"^0": 0.0}, "must be > 0")]:
+        with pytest.raises(UserError, match=why):
+            trainer_config(OmegaConf.create({"lr_scale": bad}))
+
+
 def test_stage_overrides_merge_or_replace_by_target():
     cfg = OmegaConf.create({
         "optim": {"_target_": "torch.optim.Adam", "lr": 1e-3, "betas": [0.9, 0.99]},

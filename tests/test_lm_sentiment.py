@@ -375,7 +375,7 @@ def test_the_bag_read_out_sums_word_and_pair_weights_over_the_root_of_their_coun
 
     # review 1: words 5 6 5 6 and pairs (5,6) (6,5) (5,6): seven entries; review 2: one word, no pair
     want = torch.stack([(w[5] * 2 + w[6] * 2 + w[pair(5, 6)] * 2 + w[pair(6, 5)]) / math.sqrt(7), w[9]])
-    assert torch.allclose(clf.bag_logit(x), want, atol=1e-6)
+    assert torch.allclose(clf.bag(x), want, atol=1e-6)
     plain = ReviewClassifier(BagWindowEncoder(50, 8, 12, 3), pooling="concat", hidden_units=0, dropout=0.0).eval()
     plain.load_state_dict({k: v for k, v in clf.state_dict().items() if not k.startswith("bag.")})
     assert torch.allclose(clf(x), plain(x) + want, atol=1e-6)
@@ -390,12 +390,40 @@ def test_the_bag_dropout_noises_the_read_out_in_training_only_and_keeps_its_mean
         clf.bag.weight.normal_()
         clf.bag.weight[PAD] = 0.0
     x = torch.tensor([[5, 6, 5, 6, 0, 0], [9, 3, 0, 0, 0, 0]])
-    clean = clf.eval().bag_logit(x)
-    assert torch.equal(clf.bag_logit(x), clean)
+    clean = clf.eval().bag(x)
+    assert torch.equal(clf.bag(x), clean)
     clf.train()
-    draws = torch.stack([clf.bag_logit(x) for _ in range(4000)])
+    draws = torch.stack([clf.bag(x) for _ in range(4000)])
     assert (draws != clean).any(1).float().mean() > 0.5  # noised ...
     assert torch.allclose(draws.mean(0), clean, atol=0.1 * clean.abs().max().item())  # ... around the clean read-out
+
+
+def test_the_bag_member_learns_by_its_own_loss_and_the_prediction_averages_the_two_probabilities():
+    torch.manual_seed(0)
+    clf = ReviewClassifier(BagWindowEncoder(50, 8, 12, 3), pooling="concat", hidden_units=0, dropout=0.0,
+                           bag=True, bag_pair_buckets=7, bag_member=True, bag_member_pair_buckets=11).eval()
+    with torch.no_grad():
+        clf.bag_member.weight.normal_()
+        clf.bag_member.weight[PAD] = 0.0
+    x = torch.tensor([[5, 6, 5, 6, 0, 0], [9, 3, 0, 0, 0, 0]])
+    out = clf(x)
+    network, member = out["members"]
+    assert torch.allclose(member, clf.bag_member(x)) and clf.bag_member.num_embeddings == 50 + 11
+    mean_p = (torch.sigmoid(network) + torch.sigmoid(member)) / 2
+    assert torch.allclose(out["logits"], torch.log(mean_p / (1 - mean_p)), atol=1e-5)
+    head, y = BinaryHead(), {"y": torch.tensor([1, 0])}
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert torch.allclose(head.loss(out, y), bce(network, y["y"].float()) + bce(member, y["y"].float()))
+    head.loss(out, y).backward()  # the member's gradient is its own loss's alone: it learns as if trained by itself
+    alone = clf.bag_member.weight.grad.clone()
+    clf.zero_grad()
+    bce(clf.bag_member(x), y["y"].float()).backward()
+    assert torch.allclose(alone, clf.bag_member.weight.grad) and alone.abs().sum() > 0
+    assert head.pseudo_label(out, {})[0] == (out["logits"] > 0).long().tolist()  # the average labels
+    from trainer.models.text_models import mean_probability_logit
+    sure = mean_probability_logit(torch.tensor([[80.0, 80.0], [-80.0, 90.0]]))  # (members, reviews)
+    assert abs(sure[0].item()) < 1e-3  # two members sure of opposite classes: a probability of 1/2
+    assert torch.isfinite(sure).all() and sure[1] > 79  # both sure of one: sure of it, not infinite
 
 
 def test_the_adaptive_softmax_perplexity_is_exact():
@@ -544,6 +572,30 @@ def test_the_rounds_experiment_chains_its_rounds_from_a_run_and_the_teacher_read
     last = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert len(last["data"]["pseudo"]["docs"]) >= len(first["data"]["pseudo"]["docs"]) > 0
     assert json.loads((run / "results.json").read_text())["test"]["test/acc"] >= 0.8
+
+
+def test_the_bag_member_experiment_fits_a_linear_member_to_the_networks_labels(workdir, snownlp_run, tmp_path):
+    folder = tmp_path / "snownlp"
+    write_snownlp(folder, n=120)
+    best = snownlp_run / "checkpoints" / "best.pt"
+    cli(workdir, "task=lm_sentiment", f"dataset.path={folder}", *TINY, "experiment=lm_sentiment_bag_member",
+        "stages.lm=null", "stages.classifier=null", "stages.finetune=null", f"stages.self_train.init.checkpoint={best}",
+        f"stages.self_train.init.data={best}", *[f"stages.self_train_{k}=null" for k in (2, 3, 4, 5)])
+    run = latest_run(workdir, "lm_sentiment")
+    network = torch.load(run / "checkpoints" / "best-self_train.pt", weights_only=True)
+    fitted = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert fitted["net"]["model.bag_member.weight"].abs().sum() > 0
+    for key, value in network["net"].items():  # the network frozen while the member learns its labels
+        assert torch.equal(fitted["net"][key], value), key
+    # every unlabelled review (threshold 0.5), not only the confident few of the round before
+    assert set(network["data"]["pseudo"]["docs"].tolist()) < set(fitted["data"]["pseudo"]["docs"].tolist())
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["test/acc"] >= 0.8
+    bench = bench_module("lm_sentiment_ensemble")  # reads an ensemble's averaged logit as the trainer scores it
+    logits, labels, _ = bench.checkpoint_logits(str(run / "checkpoints" / "best.pt"), ("test",))
+    assert logits["test members"].shape == (2, len(labels))
+    assert math.isclose(bench.ensemble_accuracy([1 / (1 + np.exp(-logits["test"]))], labels),
+                        results["test"]["test/acc"], abs_tol=1e-6)
 
 
 def test_the_default_lm_is_the_bag_of_words(snownlp_run):

@@ -17,12 +17,18 @@
   number and added to the logit: the features TF-IDF + logistic regression reads, trained with the rest.
   `bag_dropout` drops rows of its table in training as the encoders' `embed_dropout` drops words: the noise a
   self-training student reads its pseudo-labels with (experiment=lm_sentiment_self_training).
+  With `bag_member=true` a second bag (`WordBag`, its own `bag_member_pair_buckets`) is a member of its own, not a
+  part: it is trained by its own loss on the same labels (the head sums the members' losses), and the prediction
+  is the mean of the two members' probabilities, returned as its logit (`{"logits", "members"}`). A linear model
+  of the words errs on other reviews than the network does, so the average is the better self-training teacher
+  (docs/results.md).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .text_encoders import PAD, word_dropout
@@ -45,9 +51,32 @@ class LanguageModel(nn.Module):
         return self.decoder(h) if self.decoder is not None else {"hidden": h}
 
 
+class WordBag(nn.Embedding):
+    """A linear bag of words: one weight per word, and per hashed pair of neighbouring words when `pair_buckets` >
+    0, summed over the review and divided by the square root of their number: (B, T) ids -> (B,) logits. `dropout`
+    drops rows of the table in training (the words it holds, as an encoder's `embed_dropout` does)."""
+
+    def __init__(self, vocab_size: int, pair_buckets: int = 0, dropout: float = 0.0):
+        super().__init__(vocab_size + pair_buckets, 1, padding_idx=PAD)
+        nn.init.zeros_(self.weight)
+        self.vocab_size, self.pair_buckets, self.dropout = vocab_size, pair_buckets, dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = x
+        if self.pair_buckets:
+            # a fixed multiplicative hash of (word, next word) into the buckets after the vocabulary
+            key = (x[:, :-1] * self.vocab_size + x[:, 1:]) * 2654435761 % self.pair_buckets + self.vocab_size
+            pairs = key.masked_fill((x[:, :-1] == PAD) | (x[:, 1:] == PAD), PAD)
+            ids = torch.cat([x, pairs], 1)
+        count = (ids != PAD).sum(1).clamp(min=1)
+        weights = word_dropout(self, ids, self.dropout, self.training).squeeze(-1)
+        return weights.sum(1) / count.to(self.weight.dtype).sqrt()
+
+
 class ReviewClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, pooling: str = "last", hidden_units: int = 10, dropout: float = 0.5,
-                 bag: bool = False, bag_pair_buckets: int = 0, bag_dropout: float = 0.0):
+                 bag: bool = False, bag_pair_buckets: int = 0, bag_dropout: float = 0.0, bag_member: bool = False,
+                 bag_member_pair_buckets: int = 0):
         super().__init__()
         if pooling not in ("last", "concat"):
             raise ValueError(f"pooling={pooling} is not last or concat")
@@ -59,12 +88,9 @@ class ReviewClassifier(nn.Module):
             features = hidden_units
         layers += [nn.Dropout(dropout), nn.Linear(features, 1)]
         self.classifier = nn.Sequential(*layers)
-        self.vocab_size, self.bag_pair_buckets = encoder.embedding.num_embeddings, bag_pair_buckets
-        self.bag_dropout = bag_dropout
-        self.bag = None
-        if bag:
-            self.bag = nn.Embedding(self.vocab_size + bag_pair_buckets, 1, padding_idx=PAD)
-            nn.init.zeros_(self.bag.weight)
+        vocab_size = encoder.embedding.num_embeddings
+        self.bag = WordBag(vocab_size, bag_pair_buckets, bag_dropout) if bag else None
+        self.bag_member = WordBag(vocab_size, bag_member_pair_buckets, bag_dropout) if bag_member else None
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         h = self.encoder(x)
@@ -79,23 +105,20 @@ class ReviewClassifier(nn.Module):
         top = torch.where(lengths > 0, top, torch.zeros_like(top))
         return torch.cat([last, top, mean], -1)
 
-    def bag_logit(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,) the bag-of-words read-out: its weights summed over the words (and word pairs), over sqrt(count)."""
-        ids = x
-        if self.bag_pair_buckets:
-            # a fixed multiplicative hash of (word, next word) into the buckets after the vocabulary
-            key = (x[:, :-1] * self.vocab_size + x[:, 1:]) * 2654435761 % self.bag_pair_buckets + self.vocab_size
-            pairs = key.masked_fill((x[:, :-1] == PAD) | (x[:, 1:] == PAD), PAD)
-            ids = torch.cat([x, pairs], 1)
-        count = (ids != PAD).sum(1).clamp(min=1)
-        weights = word_dropout(self.bag, ids, self.bag_dropout, self.training).squeeze(-1)
-        return weights.sum(1) / count.to(self.bag.weight.dtype).sqrt()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         logit = self.classifier(self.pool(x)).squeeze(-1)
         if self.bag is not None:
-            logit = logit + self.bag_logit(x)
-        return logit
+            logit = logit + self.bag(x)
+        if self.bag_member is None:
+            return logit
+        members = torch.stack([logit, self.bag_member(x)])
+        return {"logits": mean_probability_logit(members), "members": members}
+
+
+def mean_probability_logit(members: torch.Tensor) -> torch.Tensor:
+    """(B,) the logit of the mean of sigmoid(members) over the first dimension: log(mean p) - log(mean (1 - p)),
+    from log-sigmoids, so that no member's certainty overflows."""
+    return torch.logsumexp(F.logsigmoid(members), 0) - torch.logsumexp(F.logsigmoid(-members), 0)
 
 
 def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

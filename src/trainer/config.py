@@ -44,6 +44,9 @@ class TrainerConfig:
     # Stop like a NaN when the training loss's moving average grows past this multiple of the lowest it has been (a
     # diverging run stays finite for long); null turns the check off.
     divergence_factor: Optional[float] = 100.0
+    # Learning-rate factors by regex on parameter names, {'^model[.]bag_member[.]': 30}: parameters that must move
+    # faster or slower than the rest (optim.lr x factor; the first regex that matches a name wins).
+    lr_scale: Optional[dict[str, float]] = None
     ema_decay: Optional[float] = None  # e.g. 0.999: validate, keep and test an average of the weights (timm, Keras)
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only)
     device: str = "auto"  # auto = CUDA when present, else CPU; or "cpu", "cuda", "cuda:1"
@@ -125,6 +128,13 @@ def _check(cfg: TrainerConfig, where: str) -> None:
         fraction = isinstance(value, float) and 0.0 < value <= 1.0
         if value is not None and not (count or fraction):
             raise bad(key, f"{value!r} is neither a batch count >= 1 nor a fraction in (0.0, 1.0]")
+    for pattern, factor in (cfg.lr_scale or {}).items():
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise bad("lr_scale", f"'{pattern}' is not a regular expression ({e})") from None
+        if not factor > 0:
+            raise bad("lr_scale", f"the factor of '{pattern}' is {factor}; it must be > 0")
     if cfg.monitor_mode not in (None, "max", "min"):
         raise bad("monitor_mode", f"'{cfg.monitor_mode}' is not max or min")
     if cfg.max_time is not None:

@@ -7,6 +7,7 @@ from the dict that `TrainState.state_dict` wrote.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,7 +95,9 @@ def setup_training(stage: Stage, device: torch.device, counters: Counters,
         first = next(iter(stage.data.loader("train", rank=0, world_size=1, limit=1)))
         net.model.init_from_data(to_device(first, device)["x"])
     try:
-        optimizer = stage.optimizer_factory(param_groups(net, stage.optimizer_factory.keywords.get("weight_decay")))
+        keywords = stage.optimizer_factory.keywords
+        optimizer = stage.optimizer_factory(param_groups(net, keywords.get("weight_decay"), tcfg.lr_scale,
+                                                         keywords.get("lr")))
         scheduler = (stage.scheduler_factory(optimizer, total_steps=plan.total_steps)
                      if stage.scheduler_factory is not None else None)
     except (ValueError, TypeError) as e:
@@ -123,12 +126,29 @@ def setup_training(stage: Stage, device: torch.device, counters: Counters,
     return state
 
 
-def param_groups(net: nn.Module, weight_decay: float | None) -> list[dict[str, Any]]:
-    """nanoGPT's split: weight decay on matrices and kernels, none on biases, norms and embeddings' 1-d params."""
-    params = [p for p in net.parameters() if p.requires_grad]
-    if not weight_decay:
-        return [{"params": params}]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+def param_groups(net: nn.Module, weight_decay: float | None, lr_scale: dict[str, float] | None = None,
+                 lr: float | None = None) -> list[dict[str, Any]]:
+    """nanoGPT's split: weight decay on matrices and kernels, none on biases, norms and embeddings' 1-d params.
+    `lr_scale` ({regex: factor} on parameter names, the first match wins) puts the matching parameters in groups of
+    their own at `lr` x factor: a part that must move faster than the rest, such as a linear member beside a
+    pretrained encoder."""
+    scales = [(re.compile(pattern), float(factor)) for pattern, factor in (lr_scale or {}).items()]
+    if scales and lr is None:
+        raise UserError("trainer.lr_scale multiplies optim.lr, which this optimizer config does not set")
+    trainable = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    for regex, _ in scales:
+        if not any(regex.search(name) for name, _ in trainable):
+            raise UserError(f"trainer.lr_scale: '{regex.pattern}' matches no trainable parameter")
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in trainable:
+        factor = next((f for regex, f in scales if regex.search(name)), 1.0)
+        groups.setdefault((factor, bool(weight_decay) and p.ndim >= 2), []).append(p)
+    out = []
+    for (factor, decayed), params in sorted(groups.items(), key=lambda item: (item[0][0] != 1.0, not item[0][1])):
+        group: dict[str, Any] = {"params": params}
+        if weight_decay:
+            group["weight_decay"] = weight_decay if decayed else 0.0
+        if factor != 1.0:
+            group["lr"] = lr * factor
+        out.append(group)
+    return out

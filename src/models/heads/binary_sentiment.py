@@ -3,7 +3,9 @@ problem 4 had): binary cross-entropy; accuracy, per-class accuracy and macro-F1 
 metrics of heads/classification.py); decoding to (label, probability of the positive class); pseudo-labels for
 self-training.
 
-The model's output is the logit (B,) (or a dict holding it under "logits"); `batch["y"]` is 0 or 1.
+The model's output is the logit (B,) (or a dict holding it under "logits"); `batch["y"]` is 0 or 1. An ensemble
+also returns its members' logits (K, B) under "members": the loss is then the sum of theirs, so each member learns
+as if alone, and "logits" (their combined prediction) is what is scored, decoded and pseudo-labelled.
 """
 from __future__ import annotations
 
@@ -26,7 +28,10 @@ class BinaryHead(ClassificationHead):
         return logits_of(outputs).float().reshape(-1)
 
     def loss(self, outputs: Any, batch: dict[str, Any]) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(self._logit(outputs), batch["y"].float())
+        y = batch["y"].float()
+        if isinstance(outputs, dict) and "members" in outputs:  # each member of an ensemble learns on its own
+            return sum(F.binary_cross_entropy_with_logits(m.float(), y) for m in outputs["members"])
+        return F.binary_cross_entropy_with_logits(self._logit(outputs), y)
 
     def predict(self, outputs: Any) -> torch.Tensor:
         return (self._logit(outputs) > 0).long()
