@@ -20,8 +20,8 @@
   With `bag_member=true` a second bag (`WordBag`, its own `bag_member_pair_buckets`) is a member of its own, not a
   part: it is trained by its own loss on the same labels (the head sums the members' losses), and the prediction
   is the mean of the two members' probabilities, returned as its logit (`{"logits", "members"}`). A linear model
-  of the words errs on other reviews than the network does, so the average is the better self-training teacher
-  (docs/results.md).
+  of the words errs on other reviews than the network does: fitted to the labels a self-trained network gives the
+  unlabelled reviews, the average reads higher than either (experiment=lm_sentiment_bag_member, docs/results.md).
 """
 from __future__ import annotations
 
