@@ -376,7 +376,7 @@ def test_the_tagger_returns_its_states_and_its_span_classifier_on_request():
 
 
 def test_hashed_ngrams_are_the_same_wherever_the_same_characters_start_and_stop_at_the_padding():
-    from trainer.models.span_polarity import HashedCharNgrams
+    from trainer.models.span_polarity import _MULTIPLIER, _PRIME, HashedCharNgrams
 
     torch.manual_seed(0)
     ngrams = HashedCharNgrams(buckets=1000, dim=4, max_order=3)
@@ -386,7 +386,7 @@ def test_hashed_ngrams_are_the_same_wherever_the_same_characters_start_and_stop_
     assert not torch.allclose(out[0, 0], out[2, 0])  # 567 against 568
     assert torch.equal(out[0, 1], out[1, 2]) and torch.equal(out[0, 2], out[1, 3])  # 6, 67 / 7 alone: no pad n-gram
     assert not out[0, 3:].any()
-    unigram_row = ngrams.embedding.weight[(7 + 1) * ngrams._MULTIPLIER % ngrams._PRIME % 1000]
+    unigram_row = ngrams.embedding.weight[(7 + 1) * _MULTIPLIER % _PRIME % 1000]
     assert torch.equal(out[0, 2], unigram_row)
 
 
@@ -403,6 +403,59 @@ def test_a_span_classifier_without_inside_reads_the_context_alone():
         assert not torch.allclose(span(states, spans, lengths), span(changed, spans, lengths))
     with pytest.raises(ValueError, match="context=0"):
         SpanPolarity(input_dim=3, context=0, inside=False)
+
+
+def test_the_linear_context_classifier_reads_the_masked_window_as_the_baseline_does():
+    from trainer.models.context_polarity import MASK, ContextNgramPolarity
+
+    span = ContextNgramPolarity(buckets=1000, context=2)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 0, 0]])  # 5 characters, then padding
+    spans, lengths = torch.tensor([[0, 2, 4], [0, 0, 1]]), torch.tensor([5])
+    # the two characters before the View, a mask for the View, the two after; nothing outside the sentence
+    assert span.windows(ids, spans, lengths).tolist() == [[7, 8, MASK, 11, 0], [0, 0, MASK, 8, 9]]
+    k, bucket, value = span.features(ids, spans, lengths)
+    for row in (0, 1):  # each window's vector has unit length
+        assert math.isclose(float(value[k == row].square().sum()), 1.0, rel_tol=1e-5)
+    assert int((k == 0).sum()) == 4 + 3 + 2 and int((k == 1).sum()) == 3 + 2 + 1  # its 1-, 2- and 3-grams
+    # what it reads is the context: changing the View leaves the scores alone, changing a neighbour does not
+    with torch.no_grad():
+        span.weight.normal_()
+    states = ids[..., None].float()
+    changed = states.clone()
+    changed[0, 2:4] = 30.0
+    assert torch.equal(span(states, spans, lengths)[0], span(changed, spans, lengths)[0])
+    changed[0, 4] = 30.0
+    assert not torch.allclose(span(states, spans, lengths)[0], span(changed, spans, lengths)[0])
+
+
+def test_sublinear_counts_weigh_a_repeated_ngram_less_than_its_count():
+    from trainer.models.context_polarity import ContextNgramPolarity
+
+    ids = torch.tensor([[5, 5, 5, 5, 9]])  # the View is the last character; 5 four times before it
+    spans, lengths = torch.tensor([[0, 4, 5]]), torch.tensor([5])
+    weights = {}
+    for sublinear in (True, False):
+        k, bucket, value = ContextNgramPolarity(buckets=1 << 16, context=4, max_order=1, sublinear=sublinear).features(
+            ids, spans, lengths)
+        weights[sublinear] = sorted(value.tolist())  # the mask once, 5 four times
+    assert math.isclose(weights[False][1] / weights[False][0], 4.0, rel_tol=1e-5)
+    assert math.isclose(weights[True][1] / weights[True][0], 1.0 + math.log(4.0), rel_tol=1e-5)
+
+
+def test_the_tagger_hands_its_linear_classifier_the_character_ids():
+    from trainer.models.bigru_tagger import BiGRUTagger
+    from trainer.models.context_polarity import ContextNgramPolarity
+
+    x = torch.tensor([[5, 6, 7, 0], [5, 6, 0, 0]])
+    out = BiGRUTagger(10, embedding_dim=8, hidden=[6, 4], span_classifier=True, span_linear=True, span_ngrams=64,
+                      span_context=3)(x)
+    assert isinstance(out["span"], ContextNgramPolarity) and torch.equal(out["states"][..., 0], x.float())
+    loss = EntityPolarityTagger().loss(out, {"y": torch.tensor([[0, 2, 2, -100], [3, 0, -100, -100]]),
+                                             "lengths": torch.tensor([3, 2])})
+    loss.backward()
+    assert out["span"].weight.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="span_ngrams > 0"):
+        BiGRUTagger(10, span_classifier=True, span_linear=True)
 
 
 def right_context_classifier(neutral_bias: float = 0.0) -> SpanPolarity:

@@ -10,7 +10,9 @@ classifier per View (`trainer.models.span_polarity.SpanPolarity`: `span_hidden`,
 character embedding as well, so that it sees the characters themselves, 好 or 差; with `span_ngrams: B`, a bag of
 hashed character 1- to 3-grams in B buckets of `span_ngram_dim` (`HashedCharNgrams`); with `span_states: false`, not
 the BiGRU layers, so that it is a classifier of its own beside the tagger; with `span_inside: false`, only the
-context); it is part of the model so that its
+context), or with `span_linear: true` a linear model over the TF-IDF-style bag of hashed character n-grams around
+the View, `span_context` characters each side, in `span_ngrams` buckets (`trainer.models.context_polarity`, the
+problem's context baseline inside the model); it is part of the model so that its
 weights and settings travel with the checkpoint, and the head calls it on the spans it decodes.
 
 Outputs: the (W, T, num_outputs) scores alone, or a dict with them as "emissions", plus "transitions", "start",
@@ -29,6 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from trainer.errors import UserError
 
+from .context_polarity import ContextNgramPolarity
 from .span_polarity import HashedCharNgrams, SpanPolarity
 
 
@@ -38,7 +41,8 @@ class BiGRUTagger(nn.Module):
                  embedding_dropout: float = 0.0, crf: bool = False, num_tags: int = 4, match_flags: int = 0,
                  match_dim: int = 8, span_classifier: bool = False, span_hidden: int = 64, span_context: int = 10,
                  span_attention: bool = True, span_dropout: float = 0.1, span_embedding: bool = False,
-                 span_states: bool = True, span_ngrams: int = 0, span_ngram_dim: int = 32, span_inside: bool = True):
+                 span_states: bool = True, span_ngrams: int = 0, span_ngram_dim: int = 32, span_inside: bool = True,
+                 span_linear: bool = False):
         super().__init__()
         if merge not in ("sum", "concat"):
             raise UserError(f"model.merge={merge}: must be sum (directions added) or concat")
@@ -59,7 +63,11 @@ class BiGRUTagger(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(width, num_outputs)
         self.span, self.ngrams = None, None
-        if span_classifier:  # every layer's outputs, not only the last: the first is closer to the characters
+        if span_classifier and span_linear:  # it reads the characters, not the tagger's states
+            if span_ngrams < 1:
+                raise UserError("model.span_linear needs model.span_ngrams > 0, its number of n-gram buckets")
+            self.span = ContextNgramPolarity(span_ngrams, span_context)
+        elif span_classifier:  # every layer's outputs, not only the last: the first is closer to the characters
             states = ((sum(h if merge == "sum" else 2 * h for h in hidden) if span_states else 0)
                       + (embedding_dim if span_embedding else 0) + (span_ngram_dim if span_ngrams else 0))
             if not states:
@@ -72,6 +80,7 @@ class BiGRUTagger(nn.Module):
             self.start = nn.Parameter(torch.zeros(num_tags))
             self.end = nn.Parameter(torch.zeros(num_tags))
         self.crf, self.num_tags, self.span_embedding, self.span_states = crf, num_tags, span_embedding, span_states
+        self.span_linear = span_linear
 
     def forward(self, x: torch.Tensor) -> Any:
         flags = None
@@ -101,7 +110,9 @@ class BiGRUTagger(nn.Module):
         outputs = {"emissions": scores}
         if self.crf:
             outputs.update(transitions=self.transitions, start=self.start, end=self.end)
-        if self.span is not None:
+        if self.span is not None and self.span_linear:
+            outputs.update(states=x[..., None].float(), span=self.span)
+        elif self.span is not None:
             if self.ngrams is not None:
                 span_inputs.append(self.ngrams(x))
             outputs.update(states=torch.cat(span_inputs, -1), span=self.span)

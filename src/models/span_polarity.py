@@ -46,10 +46,36 @@ def gold_spans(tags: torch.Tensor) -> torch.Tensor:
     return torch.stack([starts[:, 0], starts[:, 1], ends[:, 1] + 1, t[starts[:, 0], starts[:, 1]]], 1)
 
 
-class SpanPolarity(nn.Module):
-    """Polarity scores (K, 3) of K spans from (N, L, D) states; see the module docstring."""
+class PolarityDecider(nn.Module):
+    """What the head asks of a per-View polarity classifier: `forward(states, spans, lengths)` gives (K, 3) scores;
+    `decide` turns them into tags with the saved or a trial neutral bias; `loss` trains on a batch's gold Views."""
 
     ema_skip = ("neutral_bias",)  # chosen on validation, not trained: a weight average must not blend it
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("neutral_bias", torch.tensor(0.0))  # decode-time, chosen on validation, saved
+
+    def decide(self, scores: torch.Tensor, biases: torch.Tensor | None = None) -> torch.Tensor:
+        """(G, K) polarity tags 1..3 of K spans from their (K, 3) scores, with each of the G `biases` (default: the
+        saved `neutral_bias` alone) added to the neutral score."""
+        biases = self.neutral_bias[None] if biases is None else biases.to(scores.device)
+        shift = torch.zeros(len(biases), 1, NUM_POLARITIES, device=scores.device)
+        shift[:, 0, 1] = biases
+        return (scores[None] + shift).argmax(-1) + 1
+
+    def loss(self, states: torch.Tensor, tags: torch.Tensor, lengths: torch.Tensor,
+             class_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of the gold spans' polarities (tags 1..3), weighted per class; 0 (with a graph) when the
+        batch holds no View."""
+        spans = gold_spans(tags)
+        if not len(spans):  # every parameter in the graph: DDP expects a gradient for each, on every rank
+            return states.sum() * 0.0 + sum(p.sum() for p in self.parameters()) * 0.0
+        return F.cross_entropy(self(states, spans, lengths), spans[:, 3] - 1, weight=class_weight)
+
+
+class SpanPolarity(PolarityDecider):
+    """Polarity scores (K, 3) of K spans from (N, L, D) states; see the module docstring."""
 
     def __init__(self, input_dim: int, hidden: int = 64, context: int = 10, attention: bool = True,
                  dropout: float = 0.1, inside: bool = True):
@@ -66,7 +92,6 @@ class SpanPolarity(nn.Module):
             self.position = nn.Parameter(torch.zeros(2 * context + 1))
         self.mlp = nn.Sequential(nn.Linear(parts * input_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, NUM_POLARITIES))
-        self.register_buffer("neutral_bias", torch.tensor(0.0))  # decode-time, chosen on validation, saved
 
     def windows(self, states: torch.Tensor, spans: torch.Tensor,
                 lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,31 +131,10 @@ class SpanPolarity(nn.Module):
         rows have `lengths` characters."""
         return self.mlp(self.features(states, spans, lengths))
 
-    def decide(self, scores: torch.Tensor, biases: torch.Tensor | None = None) -> torch.Tensor:
-        """(G, K) polarity tags 1..3 of K spans from their (K, 3) scores, with each of the G `biases` (default: the
-        saved `neutral_bias` alone) added to the neutral score."""
-        biases = self.neutral_bias[None] if biases is None else biases.to(scores.device)
-        shift = torch.zeros(len(biases), 1, NUM_POLARITIES, device=scores.device)
-        shift[:, 0, 1] = biases
-        return (scores[None] + shift).argmax(-1) + 1
-
-    def loss(self, states: torch.Tensor, tags: torch.Tensor, lengths: torch.Tensor,
-             class_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy of the gold spans' polarities (tags 1..3), weighted per class; 0 (with a graph) when the
-        batch holds no View."""
-        spans = gold_spans(tags)
-        if not len(spans):  # every parameter in the graph: DDP expects a gradient for each, on every rank
-            return states.sum() * 0.0 + sum(p.sum() for p in self.parameters()) * 0.0
-        return F.cross_entropy(self(states, spans, lengths), spans[:, 3] - 1, weight=class_weight)
-
-
 class HashedCharNgrams(nn.Module):
     """(W, T, dim) per-position sums of the embeddings of the character n-grams (orders 1..max_order) that start at
     each position of (W, T) character ids (0: padding), each n-gram hashed into one of `buckets` rows. An n-gram
     that runs into the padding adds nothing."""
-
-    # a polynomial hash modulo a prime, small enough that no product leaves int64
-    _MULTIPLIER, _PRIME = 0x5BD1E995, (1 << 31) - 1
 
     def __init__(self, buckets: int, dim: int = 32, max_order: int = 3):
         super().__init__()
@@ -141,15 +145,27 @@ class HashedCharNgrams(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.long()
-        key, real = torch.zeros_like(ids), torch.ones_like(ids, dtype=torch.bool)
-        out = 0.0
-        for n in range(self.max_order):
-            shifted = F.pad(ids[:, n:], (0, n))  # the n-th character after each position (0 past the end)
-            key = (key + shifted + 1) * self._MULTIPLIER % self._PRIME
-            real = real & (shifted != 0)
-            out = out + self.embedding((key + n) % self.buckets) * real[..., None]
-        return out
+        buckets, real = ngram_buckets(ids, self.buckets, self.max_order)
+        return (self.embedding(buckets) * real[..., None]).sum(2)
+
+
+# a polynomial hash modulo a prime, small enough that no product leaves int64
+_MULTIPLIER, _PRIME = 0x5BD1E995, (1 << 31) - 1
+
+
+def ngram_buckets(ids: torch.Tensor, buckets: int, max_order: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, T, max_order) bucket of the n-gram of each order 1..max_order that starts at each position of (W, T)
+    ids (0: padding), and whether it is real: an n-gram that runs into the padding is not."""
+    ids = ids.long()
+    key, real = torch.zeros_like(ids), torch.ones_like(ids, dtype=torch.bool)
+    out, keep = [], []
+    for n in range(max_order):
+        shifted = F.pad(ids[:, n:], (0, n))  # the n-th character after each position (0 past the end)
+        key = (key + shifted + 1) * _MULTIPLIER % _PRIME
+        real = real & (shifted != 0)
+        out.append((key + n) % buckets)
+        keep.append(real)
+    return torch.stack(out, -1), torch.stack(keep, -1)
 
 
 def _mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.datasets.absa_formats import POLARITIES
-from trainer.models.span_polarity import SpanPolarity, gold_spans
+from trainer.models.span_polarity import PolarityDecider, gold_spans
 
 from .absa_score import COUNTS, scores, sentence_counts
 from .base import Head
@@ -73,7 +73,7 @@ class EntityPolarityTagger(Head):
             raise ValueError(f"polarity={polarity}: must be auto (the model's span classifier where it has one) or "
                              "tags (the majority of the tags)")
         self.polarity = polarity
-        self._seen: list[SpanPolarity] = []  # the classifier of the last pass (in a list: not a submodule)
+        self._seen: list[PolarityDecider] = []  # the classifier of the last pass (in a list: not a submodule)
         self.span_weight, self.span_detach, self.tune_split = span_weight, span_detach, tune_split
         weight = None if span_class_weight is None else torch.tensor([float(w) for w in span_class_weight])
         if weight is not None and weight.shape != (3,):
@@ -99,7 +99,7 @@ class EntityPolarityTagger(Head):
             return outputs["emissions"].float(), "transitions" in outputs
         return outputs.float(), False
 
-    def _classifier(self, outputs: Any) -> SpanPolarity | None:
+    def _classifier(self, outputs: Any) -> PolarityDecider | None:
         """The model's span classifier, when it has one and this head decides polarity with it."""
         if self.polarity == "tags" or not isinstance(outputs, dict):
             return None
@@ -259,7 +259,7 @@ class EntityPolarityTagger(Head):
                 self.accumulate("span_right", right.double())
                 self.accumulate("span_gold", torch.tensor(float(len(gold)), device=device, dtype=torch.float64))
 
-    def _biases(self, span: SpanPolarity) -> torch.Tensor:
+    def _biases(self, span: PolarityDecider) -> torch.Tensor:
         """The neutral biases scored in this pass: the grid on the tuning split, else the classifier's saved one."""
         self._seen[:] = [span]
         return self.bias_grid if self._tuning() else span.neutral_bias[None]
