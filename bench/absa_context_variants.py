@@ -12,43 +12,24 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 import absa_dictionary_baseline as base
-from trainer.datasets.absa import sentence_tags
-from trainer.models.span_polarity import gold_spans
+
+VARIANTS = ("tfidf_C100", "noidf_C100", "noidf_counts_C100", "hash18_C100", "hash18_noidf_C100", "tfidf_C10")
 
 
-def _vectorizer(name: str):
+def _options(name: str) -> dict:
+    """`ContextPolarity`'s vectorizer and fixed C for one variant's name."""
     from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer, TfidfVectorizer
     from sklearn.pipeline import make_pipeline
 
     idf, sublinear = "noidf" not in name, "counts" not in name
     if name.startswith("hash18"):
-        return make_pipeline(HashingVectorizer(analyzer="char", ngram_range=(1, 3), n_features=1 << 18,
-                                               alternate_sign=False, norm=None),
-                             TfidfTransformer(sublinear_tf=sublinear, use_idf=idf))
-    return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=sublinear, use_idf=idf)
-
-
-VARIANTS = ("tfidf_C100", "noidf_C100", "noidf_counts_C100", "hash18_C100", "hash18_noidf_C100", "tfidf_C10")
-
-
-class Variant(base.ContextPolarity):
-    name = "tfidf_C100"
-
-    def __init__(self, train: list, context: int = 40, grid=None, extra=()):
-        from sklearn.linear_model import LogisticRegression
-
-        self.context, self.mark = context, ""
-        texts, labels = [], []
-        for s in train:
-            for _, a, b, tag in gold_spans(torch.from_numpy(sentence_tags(s)[0])[None]).tolist():
-                texts.append(self._window(s.text, a, b))
-                labels.append(tag)
-        self.vectorizer = _vectorizer(self.name)
-        c = float(self.name.rsplit("_C", 1)[1])
-        self.model = LogisticRegression(max_iter=3000, C=c).fit(self.vectorizer.fit_transform(texts), labels)
+        vectorizer = make_pipeline(HashingVectorizer(analyzer="char", ngram_range=(1, 3), n_features=1 << 18,
+                                                     alternate_sign=False, norm=None),
+                                   TfidfTransformer(sublinear_tf=sublinear, use_idf=idf))
+    else:
+        vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=sublinear, use_idf=idf)
+    return {"vectorizer": vectorizer, "c": float(name.rsplit("_C", 1)[1])}
 
 
 def main() -> None:
@@ -56,12 +37,10 @@ def main() -> None:
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = ap.parse_args()
-    base.ContextPolarity = Variant
     print("| variant | triple F1 | entity F1 | polarity acc |\n|---|---|---|---|")
     for name in args.variants:
-        Variant.name = name
         t0 = time.perf_counter()
-        m = base.run(args.data_dir, "final", "random", "test", "context", True)
+        m = base.run(args.data_dir, "final", "random", "test", "context", True, context_options=_options(name))
         print(f"| {name} | {m['f1']:.4f} | {m['entity_f1']:.4f} | {m['polarity_acc']:.4f} | "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 

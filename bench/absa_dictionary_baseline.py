@@ -44,7 +44,9 @@ def _data(data_dir: str, round_: str, test_views: str) -> BdciAbsa:
 
 
 def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, compose: bool,
-        polarity_extra: str | None = None, grid: tuple[float, ...] = (1, 3, 10, 30, 100)) -> dict[str, float]:
+        polarity_extra: str | None = None, grid: tuple[float, ...] = (1, 3, 10, 30, 100),
+        context_options: dict | None = None) -> dict[str, float]:
+    """The metric's scores of one setting; `context_options` go to `ContextPolarity` (its vectorizer, a fixed C)."""
     data = _data(data_dir, round_, test_views)
     parts = data._parts()
     train = parts["train"]
@@ -52,14 +54,14 @@ def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, 
     if polarity == "context" and polarity_extra and polarity_extra != round_:
         extra = [s for p in _data(data_dir, polarity_extra, "random")._parts().values() for s in p]
     if split != "folds":
-        counts, errors = score(train, parts[split], polarity, compose, extra, grid)
+        counts, errors = score(train, parts[split], polarity, compose, extra, grid, context_options)
         n = len(parts[split])
     else:  # each fifth of the training split, matched with the other four fifths' Views (the DataModule's folds)
         fold = np.random.default_rng([data.split_seed, 1]).permutation(len(train)) % FOLDS
         counts, errors = np.zeros(len(COUNTS), dtype=np.int64), collections.Counter()
         for k in range(FOLDS):
             c, e = score([s for s, f in zip(train, fold) if f != k], [s for s, f in zip(train, fold) if f == k],
-                         polarity, compose, extra, grid)
+                         polarity, compose, extra, grid, context_options)
             counts, errors = counts + c, errors + e
         n = len(train)
     out = scores(counts.tolist())
@@ -68,11 +70,13 @@ def run(data_dir: str, round_: str, test_views: str, split: str, polarity: str, 
 
 
 def score(train: list, sentences: list, polarity: str, compose: bool, extra: list = (),
-          grid: tuple[float, ...] = (1, 3, 10, 30, 100)) -> tuple[np.ndarray, collections.Counter]:
+          grid: tuple[float, ...] = (1, 3, 10, 30, 100),
+          context_options: dict | None = None) -> tuple[np.ndarray, collections.Counter]:
     """The metric's counts over `sentences` for the dictionary of `train`'s Views, and its errors by kind: Views
     missed (seen in training or not) and extra Views (a piece of a missed unseen View, or not)."""
     views = sorted({a.term for s in train for a in s.aspects})
-    context = ContextPolarity(train, extra=extra, grid=grid) if polarity == "context" else None
+    context = (ContextPolarity(train, extra=extra, grid=grid, **(context_options or {}))
+               if polarity == "context" else None)
     usual = {}
     for view, counter in _polarity_counts(train).items():
         usual[view] = counter.most_common(1)[0][0]
@@ -101,7 +105,9 @@ def score(train: list, sentences: list, polarity: str, compose: bool, extra: lis
 
 
 class ContextPolarity:
-    """Polarity tags 1..3 of spans from the characters around them (see the module docstring)."""
+    """Polarity tags 1..3 of spans from the characters around them (see the module docstring). `vectorizer` (a
+    scikit-learn transformer; default the TF-IDF above) and a fixed `c` (default: chosen from `grid` by 5-fold
+    cross-validation) are for `bench/absa_context_variants.py`."""
 
     #: marks each window with the data it came from: the extra round's texts carry another mix of polarities (the
     #: first round's Views are 56% neutral, the final's 85%), and this character's n-grams let the regression give
@@ -109,7 +115,7 @@ class ContextPolarity:
     OWN, EXTRA = "\u2460", "\u2461"
 
     def __init__(self, train: list, context: int = 40, grid: tuple[float, ...] = (1, 3, 10, 30, 100),
-                 extra: list = ()):
+                 extra: list = (), vectorizer=None, c: float | None = None):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -122,8 +128,11 @@ class ContextPolarity:
                 for _, a, b, tag in gold_spans(torch.from_numpy(sentence_tags(s)[0])[None]).tolist():
                     texts.append(source + self._window(s.text, a, b))
                     labels.append(tag)
-        self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
+        self.vectorizer = vectorizer or TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
         x = self.vectorizer.fit_transform(texts)
+        if c is not None:
+            self.model = LogisticRegression(max_iter=2000, C=c).fit(x, labels)
+            return
         search = GridSearchCV(LogisticRegression(max_iter=2000), {"C": list(grid)},
                               cv=StratifiedKFold(5, shuffle=True, random_state=0))
         self.model = search.fit(x, labels).best_estimator_

@@ -80,7 +80,6 @@ class BiGRUTagger(nn.Module):
             self.start = nn.Parameter(torch.zeros(num_tags))
             self.end = nn.Parameter(torch.zeros(num_tags))
         self.crf, self.num_tags, self.span_embedding, self.span_states = crf, num_tags, span_embedding, span_states
-        self.span_linear = span_linear
 
     def forward(self, x: torch.Tensor) -> Any:
         flags = None
@@ -110,7 +109,7 @@ class BiGRUTagger(nn.Module):
         outputs = {"emissions": scores}
         if self.crf:
             outputs.update(transitions=self.transitions, start=self.start, end=self.end)
-        if self.span is not None and self.span_linear:
+        if isinstance(self.span, ContextNgramPolarity):
             outputs.update(states=x[..., None].float(), span=self.span)
         elif self.span is not None:
             if self.ngrams is not None:

@@ -10,8 +10,8 @@ the tagger, is chosen on validation with it, and travels in its checkpoint:
   sentence's ends;
 - its character n-grams of orders 1..`max_order` are hashed into `buckets` (as `HashedCharNgrams` does: no
   vocabulary to fit, so nothing is read from data before training);
-- each n-gram's weight in the window is 1 + log(count) (`sublinear`, as the baseline's `sublinear_tf`) or its count,
-  and the window's vector is scaled to unit length;
+- each n-gram's weight in the window is 1 + log(count) (as the baseline's `sublinear_tf`), and the window's vector
+  is scaled to unit length;
 - the scores of positive, neutral and negative are a linear function of that vector: one weight per bucket and
   polarity, and a bias. The trainer's weight decay is its L2 penalty.
 
@@ -35,11 +35,11 @@ PAD, MASK = 0, 1  # window ids: a character id c becomes c + 2
 class ContextNgramPolarity(PolarityDecider):
     """(K, 3) linear scores of K spans from the character ids around them; see the module docstring."""
 
-    def __init__(self, buckets: int = 1 << 18, context: int = 40, max_order: int = 3, sublinear: bool = True):
+    def __init__(self, buckets: int = 1 << 18, context: int = 40, max_order: int = 3):
         super().__init__()
         if buckets < 1 or context < 1 or max_order < 1:
             raise ValueError(f"buckets={buckets}, context={context}, max_order={max_order}: each must be >= 1")
-        self.buckets, self.context, self.max_order, self.sublinear = buckets, context, max_order, sublinear
+        self.buckets, self.context, self.max_order = buckets, context, max_order
         self.weight = nn.Parameter(torch.zeros(buckets, NUM_POLARITIES))
         self.bias = nn.Parameter(torch.zeros(NUM_POLARITIES))
 
@@ -63,7 +63,7 @@ class ContextNgramPolarity(PolarityDecider):
         span_of = torch.arange(len(spans), device=ids.device)[:, None, None].expand_as(buckets)
         keys, counts = torch.unique(span_of[real] * self.buckets + buckets[real], return_counts=True)
         k, bucket = keys // self.buckets, keys % self.buckets
-        tf = 1.0 + counts.float().log() if self.sublinear else counts.float()
+        tf = 1.0 + counts.float().log()
         norm = torch.zeros(len(spans), device=ids.device).index_add_(0, k, tf * tf).sqrt()
         return k, bucket, tf / norm[k]
 
